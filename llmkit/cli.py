@@ -1,0 +1,243 @@
+"""The `llmkit` command line.
+
+Each subcommand is a thin layer over one module and imports it (and torch) only when it runs, so
+`llmkit --help` stays fast. Results go to stdout (paths, text, JSON), everything else to stderr,
+so commands compose in a shell. Errors are one message and a hint, with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from llmkit import __version__
+from llmkit.errors import LlmkitError
+
+app = typer.Typer(
+    name="llmkit",
+    help="Language models from scratch: download -> tokenize -> train -> eval / generate.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="Recipe overrides as dotted keys, e.g. train.lr=3e-4 model.n_layer=2", show_default=False)]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="auto | cpu | cuda | cuda:N | mps (default: the recipe's train.device, or auto)",
+    show_default=False)]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Root of raw/ and tokens/ directories.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"llmkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Language models from scratch: download -> tokenize -> train -> eval / generate.
+
+    Start with: llmkit train recipes/shakespeare_char.yaml
+    """
+
+
+@app.command()
+def download(
+    name: Annotated[str, typer.Argument(help="Dataset: shakespeare.", show_default=False)],
+    source: Annotated[Optional[Path], typer.Option(
+        help="Take the data from this file (or a directory laid out like the mirror) instead of "
+        "the network. Without it, $LLMKIT_DATA_MIRROR is tried, then the original URL.",
+        show_default=False)] = None,
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Fetch again even if present and verified.")] = False,
+) -> None:
+    """Fetch a dataset into DATA_DIR/raw/NAME/, checking its sha256; prints the file paths.
+
+    Example: llmkit download shakespeare
+    """
+    from llmkit.sources import download as fetch
+
+    for path in fetch(name, data_dir, source=source, force=force):
+        print(path)
+
+
+@app.command()
+def tokenize(
+    input: Annotated[str, typer.Argument(
+        help="A recipe (.yaml), a dataset name (shakespeare) or a UTF-8 text file.", show_default=False)],
+    overrides: Overrides = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="char (default).", show_default=False)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(
+        help="Fraction of the text, from its end, kept for validation (default 0.1).", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory (default DATA_DIR/tokens/NAME-TOKENIZER).", show_default=False)] = None,
+    data_dir: DataDir = Path("data"),
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if the shards are up to date.")] = False,
+) -> None:
+    """Turn text into train/val token shards and a saved tokenizer; prints the shard directory.
+
+    Examples: llmkit tokenize recipes/shakespeare_char.yaml | llmkit tokenize notes.txt
+    """
+    from llmkit.config import DataConfig, find_recipe, load_recipe
+    from llmkit.prepare import ensure_tokens
+
+    if input.endswith((".yaml", ".yml")):
+        if tokenizer is not None or val_fraction is not None:
+            raise LlmkitError("--tokenizer and --val-fraction are for text files; with a recipe use "
+                              "overrides: data.tokenizer=... data.val_fraction=...")
+        data = load_recipe(find_recipe(input), overrides or []).data
+    else:
+        if overrides:
+            raise LlmkitError(f"overrides ({overrides[0]} ...) need a recipe as the input")
+        data = DataConfig(source=input, tokenizer=tokenizer or "char",
+                          val_fraction=0.1 if val_fraction is None else val_fraction, root=str(data_dir))
+    print(ensure_tokens(data, out=out, force=force).directory)
+
+
+@app.command()
+def train(
+    recipe: Annotated[str, typer.Argument(
+        help="A recipe file, or the name of one in recipes/ (shakespeare_char).", show_default=False)],
+    overrides: Overrides = None,
+    device: Device = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from its latest.pt.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")] = False,
+) -> None:
+    """Train the model a recipe describes; runs missing download/tokenize steps first.
+
+    Prints the run directory when done. Ctrl-C saves a checkpoint; --resume continues it.
+    Example: llmkit train recipes/shakespeare_char.yaml train.max_steps=500
+    """
+    from llmkit.config import find_recipe, load_recipe
+
+    overrides = list(overrides or [])
+    if device is not None:
+        overrides.append(f"train.device={device}")
+    loaded = load_recipe(find_recipe(recipe), overrides)
+    from llmkit.trainer import train as run_training
+
+    print(run_training(loaded, resume=resume, overwrite=overwrite))
+
+
+@app.command("eval")
+def eval_(
+    run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    split: Annotated[str, typer.Option(help="Which split of the shards to measure.")] = "val",
+    checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
+    data: Annotated[Optional[Path], typer.Option(
+        help="Token shards to measure on (default: the ones the run was trained on).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure loss, perplexity and bits per character on every token of a split.
+
+    Example: llmkit eval runs/shakespeare_char --json
+    """
+    from llmkit.device import resolve_device
+    from llmkit.evaluate import evaluate_split
+    from llmkit.run import load_trained
+    from llmkit.shards import load_shards
+
+    target = resolve_device(device)
+    trained = load_trained(run, checkpoint, target)
+    shards = load_shards(data if data is not None else trained.checkpoint["data"]["tokens"])
+    if shards.tokenizer_identity != trained.checkpoint["tokenizer_identity"]:
+        raise LlmkitError(
+            f"{trained.path} was trained with tokenizer {trained.checkpoint['tokenizer_identity']}, "
+            f"but the shards in {shards.directory} hold {shards.tokenizer_identity}",
+            hint=f"measure on shards made with the run's tokenizer (--data DIR), or rebuild them: "
+            f"{trained.checkpoint['data']['command']}")
+    result = evaluate_split(trained.model, shards.split(split), trained.tokenizer,
+                            trained.config.block_size, batch_size, target)
+    result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"],
+              "data": str(shards.directory), "split": split, **result}
+    if as_json:
+        print(json.dumps(result))
+        return
+    print(f"checkpoint     {result['checkpoint']} (step {result['step']})")
+    print(f"split          {split} of {result['data']} ({result['tokens']:,} tokens)")
+    print(f"loss           {result['loss']:.4f}")
+    print(f"perplexity     {result['perplexity']:.3f}")
+    print(f"bits per char  {result['bits_per_char']:.4f}")
+
+
+@app.command()
+def generate(
+    run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    prompt: Annotated[Optional[str], typer.Option(
+        "--prompt", "-p", help="Text to continue; '-' reads stdin (also read when stdin is a pipe).",
+        show_default=False)] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=0)] = 500,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")] = 0.8,
+    top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = 200,
+    seed: Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
+    echo: Annotated[bool, typer.Option(help="Print the prompt before the continuation.")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+) -> None:
+    """Continue a prompt with a trained model, streaming the text to stdout.
+
+    Example: echo "ROMEO:" | llmkit generate runs/shakespeare_char --seed 1
+    """
+    import torch
+
+    from llmkit.console import say
+    from llmkit.device import resolve_device
+    from llmkit.generate import StreamDecoder, generate as sample, prompt_ids
+    from llmkit.run import load_trained
+
+    target = resolve_device(device)
+    trained = load_trained(run, checkpoint, target)  # before reading stdin: bad runs fail at once
+    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+        prompt = sys.stdin.read()
+    prompt = prompt or ""
+    idx = prompt_ids(trained.tokenizer, prompt, target)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+        say(f"seed {seed} (pass --seed {seed} to repeat this sample)")
+    generator = torch.Generator(target).manual_seed(seed)
+    out = sys.stdout
+    if echo:
+        out.write(prompt)
+    decoder, text = StreamDecoder(trained.tokenizer), prompt
+    for token in sample(trained.model, idx, max_new_tokens, temperature, top_k, generator,
+                        trained.tokenizer.vocab_size):
+        piece = decoder.push(token)
+        text += piece
+        out.write(piece)
+        out.flush()
+    if not text.endswith("\n"):
+        out.write("\n")
+
+
+@app.command()
+def finetune() -> None:
+    """Finetune a model (spam classification, instruction following, LoRA): not available yet."""
+    raise LlmkitError("llmkit finetune is not available yet in this version",
+                      hint="pretraining works today: llmkit train recipes/shakespeare_char.yaml")
+
+
+def main() -> None:
+    try:
+        app(prog_name="llmkit")
+    except LlmkitError as e:
+        sys.stderr.write(f"error: {e.message}\n")
+        if e.hint:
+            sys.stderr.write(f"hint: {e.hint}\n")
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # The reader went away (`llmkit generate ... | head`): stop quietly, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+

@@ -1,0 +1,361 @@
+"""Recipes: typed, frozen dataclasses loaded from YAML, with dotted command-line overrides.
+
+A recipe has four parts (`name`/`out_dir`, `data`, `model`, `train`). Loading one checks every key
+against these dataclasses and reports all problems at once: unknown keys (with a suggestion),
+values of the wrong type, and values out of range. Overrides use the same paths as the YAML:
+
+    llmkit train recipes/shakespeare_char.yaml train.max_steps=100 model.n_layer=2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from llmkit.errors import LlmkitError
+
+
+class ConfigError(LlmkitError):
+    """One or more problems with a recipe, each a line `path: what is wrong`."""
+
+    def __init__(self, problems: list[str], where: str = "recipe", hint: str | None = None):
+        self.problems = list(problems)
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{where} has {count}:\n{lines}", hint)
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise ConfigError(problems)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # A dataset name from `llmkit download` (e.g. shakespeare) or the path of a UTF-8 text file.
+    source: str = "shakespeare"
+    tokenizer: Literal["char"] = "char"
+    # Train on an existing shard directory (what `llmkit tokenize` printed) instead of `source`.
+    tokens: str | None = None
+    # The last `val_fraction` of the text is the validation split, as in nanoGPT.
+    val_fraction: float = 0.1
+    # Raw files go to <root>/raw/<name>/, token shards to <root>/tokens/<name>-<tokenizer>/.
+    root: str = "data"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.source:
+            problems.append("source: must name a dataset or a text file")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        _raise_if(problems)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: Literal["bigram", "gpt"] = "gpt"
+    block_size: int = 64  # context length T
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128  # channels C; head dim D = n_embd // n_head
+    dropout: float = 0.0
+    bias: bool = False  # biases in linear layers and LayerNorms (GPT-2 has them)
+    vocab_size: int | None = None  # filled in from the tokenizer when not given
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.n_head >= 1 and self.n_embd % self.n_head:
+            problems.append(f"n_embd: {self.n_embd} is not divisible by n_head={self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            problems.append(f"vocab_size: must be at least 1, got {self.vocab_size}")
+        _raise_if(problems)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 12
+    max_steps: int = 2000
+    lr: float = 1e-3  # peak learning rate, reached after warmup
+    min_lr: float = 1e-4  # cosine decay ends here at max_steps
+    warmup_steps: int = 100
+    weight_decay: float = 0.1  # on weight matrices and embeddings, not on biases or norm gains
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    eval_interval: int = 250  # steps between evaluations and checkpoints
+    eval_steps: int = 20  # batches per split in each periodic evaluation
+    log_interval: int = 10  # steps between lines in metrics.jsonl
+    sample_tokens: int = 200  # length of the sample printed when training ends; 0 for none
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "max_steps", "eval_interval", "eval_steps", "log_interval"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "min_lr"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must not be negative, got {getattr(self, name)}")
+        if self.lr <= 0:
+            problems.append(f"lr: must be positive, got {self.lr}")
+        elif self.min_lr > self.lr:
+            problems.append(f"min_lr: {self.min_lr} is above lr={self.lr}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not _DEVICE.match(self.device):
+            problems.append(f"device: expected auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        _raise_if(problems)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "run"
+    out_dir: str | None = None  # the run directory; runs/<name> when not given
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir if self.out_dir is not None else f"runs/{self.name}")
+
+
+# --- building dataclasses from plain data, collecting every problem -------------------------------
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return "null" if tp is type(None) else names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check `value` against the type `tp`; return (ok, value converted where that is lossless).
+
+    YAML 1.1 reads `3e-4` as a string (it wants `3.0e-4`), so numeric strings are accepted for
+    numbers: a recipe author should not have to know that.
+    """
+    origin = get_origin(tp)
+    if origin is Literal:
+        return value in get_args(tp), value
+    if origin in (Union, types.UnionType):
+        for arg in get_args(tp):
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            return False, value
+        number = value
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                return False, value
+        if not isinstance(number, (int, float)):
+            return False, value
+        if tp is float:
+            return True, float(number)
+        return (True, int(number)) if float(number).is_integer() else (False, value)
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"recipe field type {tp!r} is not supported")
+
+
+def _schema_paths(cls: type, prefix: str = "") -> list[str]:
+    paths = []
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths += _schema_paths(hints[f.name], f"{path}.")
+        else:
+            paths.append(path)
+    return paths
+
+
+def _unknown_key(path: str, key: str, section: str, names: list[str]) -> str:
+    message = f"unknown key '{path}'"
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        return f"{message} — did you mean '{section + '.' if section else ''}{close[0]}'?"
+    # Maybe the key exists, but in another section (`model.lr` for `train.lr`).
+    elsewhere = [p for p in _schema_paths(Recipe) if p.rsplit(".", 1)[-1] == key]
+    elsewhere = elsewhere or difflib.get_close_matches(key, _schema_paths(Recipe), n=1, cutoff=0.75)
+    if elsewhere:
+        return f"{message} — did you mean '{elsewhere[0]}'?"
+    return f"{message} (known keys here: {', '.join(names)})"
+
+
+def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        got = "nothing" if raw is None else f"{type(raw).__name__} {raw!r}"
+        problems.append(f"{where or 'recipe'}: expected a mapping of keys, got {got}")
+        return None
+    before = len(problems)
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs, failed = {}, set()
+    for key, value in raw.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            problems.append(_unknown_key(path, str(key), where, names))
+        elif dataclasses.is_dataclass(hints[key]):
+            built = _build(hints[key], value, path, problems)
+            if built is None:
+                failed.add(key)
+            else:
+                kwargs[key] = built
+        else:
+            ok, converted = _coerce(value, hints[key])
+            if ok:
+                kwargs[key] = converted
+                continue
+            failed.add(key)
+            message = f"{path}: expected {_describe(hints[key])}, got {value!r}"
+            if get_origin(hints[key]) is Literal and isinstance(value, str):
+                close = difflib.get_close_matches(value, get_args(hints[key]), n=1)
+                message += f" — did you mean '{close[0]}'?" if close else ""
+            problems.append(message)
+    # Check the values that did parse, even when others did not, so every problem is reported
+    # in one go; a failed key is left at its default and its own range checks are skipped.
+    try:
+        built = cls(**kwargs)
+    except ConfigError as e:
+        problems += [f"{where}.{p}" if where else p for p in e.problems if p.split(":")[0] not in failed]
+        return None
+    return built if len(problems) == before else None
+
+
+def recipe_from_dict(raw: Any, where: str = "recipe") -> Recipe:
+    problems: list[str] = []
+    recipe = _build(Recipe, raw, "", problems)
+    if problems:
+        raise ConfigError(problems, where)
+    return recipe
+
+
+def config_from_dict(cls: type, raw: Any, where: str) -> Any:
+    """Build one config section (e.g. the ModelConfig stored in a checkpoint)."""
+    problems: list[str] = []
+    built = _build(cls, raw, "", problems)
+    if problems:
+        raise ConfigError(problems, where)
+    return built
+
+
+# --- YAML files and overrides ---------------------------------------------------------------------
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b.c=value` in the nested dict `raw`; the value is parsed as YAML (numbers, true, null)."""
+    key, sep, text = override.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError([f"override '{override}' must look like section.key=value"], "command line")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text  # not valid YAML on its own (e.g. `a: b`): take it as a plain string
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            section = ".".join(parts[: i + 1])
+            raise ConfigError([f"override '{override}': '{section}' is a value, not a section"],
+                              "command line")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LlmkitError(f"recipe not found: {path}", hint=_available_recipes_hint())
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise LlmkitError(f"recipe {path} is not valid YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise LlmkitError(f"recipe {path} is not UTF-8 text") from None
+    if raw is None:
+        raise LlmkitError(f"recipe {path} is empty", hint="see recipes/debug.yaml for a small example")
+    if not isinstance(raw, dict):
+        raise LlmkitError(f"recipe {path} must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    raw = read_yaml(path)
+    for override in overrides:
+        apply_override(raw, override)
+    recipe = recipe_from_dict(raw, where=f"recipe {path}")
+    # Resolve defaults that depend on other keys, so the saved recipe is explicit.
+    return dataclasses.replace(recipe, out_dir=str(recipe.run_dir))
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(dataclasses.asdict(recipe), sort_keys=False)
+
+
+# --- finding recipes by name ----------------------------------------------------------------------
+
+_PACKAGE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def _recipe_dirs() -> list[Path]:
+    dirs = [Path("recipes"), _PACKAGE_RECIPES]
+    return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
+
+
+def _available_recipes_hint() -> str | None:
+    names = sorted({p.stem for d in _recipe_dirs() for p in d.glob("*.yaml")})
+    return f"recipes: {', '.join(names)}" if names else None
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A recipe file given as a path, or by name (`shakespeare_char`) from a recipes/ directory."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix == "" and len(path.parts) == 1:
+        for directory in _recipe_dirs():
+            candidate = directory / f"{name_or_path}.yaml"
+            if candidate.is_file():
+                return candidate
+    raise LlmkitError(f"recipe not found: {name_or_path}", hint=_available_recipes_hint())

@@ -1,0 +1,63 @@
+"""A run directory: what `llmkit train` writes and `llmkit eval` / `llmkit generate` read.
+
+    runs/<name>/recipe.yaml     the resolved recipe (every default filled in)
+    runs/<name>/tokenizer.json  the tokenizer the model was trained with
+    runs/<name>/metrics.jsonl   one JSON object per logged step or evaluation
+    runs/<name>/latest.pt       the newest checkpoint, with optimizer and RNG state for --resume
+    runs/<name>/best.pt         the weights with the lowest validation loss so far
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from llmkit.checkpoint import load_checkpoint
+from llmkit.config import ModelConfig, config_from_dict
+from llmkit.errors import LlmkitError
+from llmkit.models import build_model
+from llmkit.tokenizer import Tokenizer, tokenizer_from_dict
+
+RECIPE, TOKENIZER, METRICS = "recipe.yaml", "tokenizer.json", "metrics.jsonl"
+LATEST, BEST = "latest.pt", "best.pt"
+
+
+def checkpoint_path(run: str | Path, which: str = "best") -> Path:
+    """A checkpoint file given directly, or `best`/`latest` of a run directory (`best` falls back
+    to `latest` for runs that never evaluated)."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise LlmkitError(f"no run directory or checkpoint file at {path}",
+                          hint="train one first: llmkit train RECIPE (it prints the run directory)")
+    if which not in ("best", "latest"):
+        raise LlmkitError(f"--checkpoint must be best or latest, got '{which}'")
+    for name in ((BEST, LATEST) if which == "best" else (LATEST,)):
+        if (path / name).is_file():
+            return path / name
+    raise LlmkitError(f"{path} holds no checkpoint ({which}.pt)",
+                      hint="a run writes its first checkpoint at its first evaluation")
+
+
+@dataclass
+class TrainedModel:
+    model: nn.Module
+    tokenizer: Tokenizer
+    config: ModelConfig
+    checkpoint: dict  # everything in the checkpoint but the weights and optimizer state
+    path: Path
+
+
+def load_trained(run: str | Path, which: str = "best", device: torch.device | str = "cpu") -> TrainedModel:
+    path = checkpoint_path(run, which)
+    checkpoint = load_checkpoint(path)
+    config = config_from_dict(ModelConfig, checkpoint["model_config"], where=f"{path} model config")
+    model = build_model(config)
+    model.load_state_dict(checkpoint.pop("model"))
+    checkpoint.pop("optimizer", None)
+    model.to(device).eval()
+    return TrainedModel(model, tokenizer_from_dict(checkpoint["tokenizer"]), config, checkpoint, path)

@@ -1,0 +1,113 @@
+"""Tokenizers: text <-> token ids, behind one small interface.
+
+Every tokenizer can `encode`, `decode`, tell its `vocab_size`, turn itself into a JSON-able dict
+(`to_dict`, saved as tokenizer.json beside the shards, in the run directory and in checkpoints) and
+name its `identity`: a hash of that dict. Shards and checkpoints record the identity, so a model is
+never fed ids from a different vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from llmkit.atomic import atomic_write_text
+from llmkit.errors import LlmkitError
+
+
+class Tokenizer(Protocol):
+    kind: str
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> np.ndarray: ...
+
+    def decode(self, ids) -> str: ...
+
+    def to_dict(self) -> dict: ...
+
+
+def identity(tokenizer: Tokenizer) -> str:
+    """A stable name for a tokenizer's exact vocabulary, e.g. `char-1f0c3a9e5b7d`."""
+    canonical = json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False)
+    return f"{tokenizer.kind}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+class CharTokenizer:
+    """One token per Unicode character; the vocabulary is the sorted set of characters seen.
+
+    Encoding is a table lookup on code points done by numpy (no Python loop per character).
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        if not chars:
+            raise LlmkitError("a char tokenizer needs at least one character")
+        if len(set(chars)) != len(chars):
+            raise LlmkitError("a char tokenizer's characters must be distinct")
+        self.chars = chars
+        self._codepoints = np.array([ord(c) for c in chars], dtype=np.uint32)  # id -> code point
+        # code point -> id, with -1 for characters outside the vocabulary (the last slot catches
+        # every code point above the largest known one).
+        self._ids = np.full(int(self._codepoints.max()) + 2, -1, dtype=np.int64)
+        self._ids[self._codepoints] = np.arange(len(chars))
+
+    @classmethod
+    def train(cls, text: str) -> CharTokenizer:
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> np.ndarray:
+        try:
+            codepoints = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        except UnicodeEncodeError as e:
+            raise LlmkitError(f"text is not valid Unicode at character {e.start}") from None
+        ids = self._ids[np.minimum(codepoints, len(self._ids) - 1)]
+        if len(ids) and ids.min() < 0:
+            unknown = sorted({text[i] for i in np.flatnonzero(ids < 0)[:1000]})
+            raise LlmkitError(
+                f"characters not in this tokenizer's vocabulary: {''.join(unknown)!r}",
+                hint=f"the vocabulary holds {self.vocab_size} characters: {self.chars!r}",
+            )
+        return ids
+
+    def decode(self, ids) -> str:
+        ids = np.asarray(ids, dtype=np.int64)
+        return self._codepoints[ids].astype("<u4").tobytes().decode("utf-32-le")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "chars": self.chars}
+
+
+TOKENIZERS = {"char": CharTokenizer}
+
+
+def tokenizer_from_dict(spec: dict) -> Tokenizer:
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind == "char" and isinstance(spec.get("chars"), str):
+        return CharTokenizer(spec["chars"])
+    raise LlmkitError(f"unrecognised tokenizer description (kind {kind!r})")
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:
+    atomic_write_text(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False) + "\n")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LlmkitError(f"tokenizer file not found: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise LlmkitError(f"tokenizer file {path} is not valid JSON") from None
+    return tokenizer_from_dict(spec)

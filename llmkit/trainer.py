@@ -1,0 +1,304 @@
+"""The training loop.
+
+Each step samples a batch of random windows, computes the cross-entropy of the model's next-token
+predictions, backpropagates, clips the global gradient norm and takes an AdamW step at the
+scheduled learning rate. Every `eval_interval` steps it estimates train and val loss and writes
+latest.pt (and best.pt when val improves), atomically. Ctrl-C (or SIGTERM) lets the current step
+finish, writes latest.pt and exits; `llmkit train RECIPE --resume` continues from it exactly:
+weights, optimizer moments, step, and every random number generator come back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import nn
+
+from llmkit.batches import random_batch
+from llmkit.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from llmkit.config import Recipe, TrainConfig, recipe_to_yaml
+from llmkit.console import console, say
+from llmkit.device import resolve_device
+from llmkit.errors import RUN_FAILED, LlmkitError
+from llmkit.evaluate import estimate_loss, lm_loss
+from llmkit.generate import generate, prompt_ids
+from llmkit.metrics import MetricsLog
+from llmkit.models import build_model, count_parameters, describe
+from llmkit.prepare import ensure_tokens
+from llmkit.run import BEST, LATEST, METRICS, RECIPE, TOKENIZER
+from llmkit.schedule import learning_rate
+from llmkit.shards import ShardSet
+from llmkit.tokenizer import save_tokenizer
+
+INTERRUPTED = 130  # the shell's exit code for a run stopped by Ctrl-C
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer updates done
+    best_val_loss: float = math.inf
+    elapsed_s: float = 0.0  # wall time spent in this run, over all its resumptions
+
+
+def make_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only: decaying biases and norm gains
+    towards zero would only fight the normalisation."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                             fused=device.type == "cuda")
+
+
+def _rng_states(sampler: torch.Generator) -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "sampler": sampler.get_state(),
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_rng(states: dict, sampler: torch.Generator) -> None:
+    sampler.set_state(states["sampler"])
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class _StopRequest:
+    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step; a second Ctrl-C
+    stops at once."""
+
+    def __enter__(self) -> _StopRequest:
+        self.requested, self._previous = False, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, shards: ShardSet, device: torch.device):
+        self.recipe, self.shards, self.device = recipe, shards, device
+        self.train_cfg = recipe.train
+        self.run_dir = recipe.run_dir
+        self.train_stream, self.val_stream = shards.split("train"), shards.split("val")
+        torch.manual_seed(self.train_cfg.seed)
+        self.model = build_model(recipe.model).to(device)
+        self.optimizer = make_optimizer(self.model, self.train_cfg, device)
+        self.sampler = torch.Generator().manual_seed(self.train_cfg.seed)  # batch positions
+        self.state = RunState()
+        self.metrics = MetricsLog(self.run_dir / METRICS)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def _checkpoint(self, full: bool) -> dict:
+        checkpoint = {
+            "model_config": dataclasses.asdict(self.recipe.model),
+            "model": unwrap(self.model).state_dict(),
+            "tokenizer": self.shards.tokenizer.to_dict(),
+            "tokenizer_identity": self.shards.tokenizer_identity,
+            "data": {"tokens": str(self.shards.directory), "command": self.shards.rebuild},
+            "recipe": dataclasses.asdict(self.recipe),
+            **dataclasses.asdict(self.state),
+        }
+        if full:
+            checkpoint["optimizer"] = self.optimizer.state_dict()
+            checkpoint["rng"] = _rng_states(self.sampler)
+        return checkpoint
+
+    def save(self, best: bool = False) -> None:
+        if best:
+            save_checkpoint(self.run_dir / BEST, self._checkpoint(full=False))
+        save_checkpoint(self.run_dir / LATEST, self._checkpoint(full=True))
+
+    def resume(self) -> None:
+        path = self.run_dir / LATEST
+        checkpoint = load_checkpoint(path)
+        if checkpoint["tokenizer_identity"] != self.shards.tokenizer_identity:
+            raise LlmkitError(
+                f"{path} was trained with tokenizer {checkpoint['tokenizer_identity']}, but the "
+                f"shards in {self.shards.directory} hold {self.shards.tokenizer_identity}",
+                hint=f"rebuild the shards the run was trained on: {checkpoint['data']['command']}"
+                f" — or start a new run with --overwrite or out_dir=...",
+            )
+        saved, wanted = checkpoint["model_config"], dataclasses.asdict(self.recipe.model)
+        changed = [f"model.{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+        if changed:
+            raise LlmkitError(f"the recipe's model differs from the checkpoint {path}: {'; '.join(changed)}",
+                              hint="a run resumes with the model it was saved with; undo the change "
+                              "or start a new run with --overwrite or out_dir=...")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        _restore_rng(checkpoint["rng"], self.sampler)
+        self.state = RunState(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed_s"])
+        self.metrics.keep_until(self.state.step)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        cfg, block = self.train_cfg, self.recipe.model.block_size
+        args = (cfg.batch_size, block, cfg.eval_steps, self.device)
+        losses = {
+            "train_loss": estimate_loss(self.model, self.train_stream, *args, seed=cfg.seed + 1),
+            "val_loss": estimate_loss(self.model, self.val_stream, *args, seed=cfg.seed + 2),
+        }
+        record = {"kind": "eval", "step": self.state.step, **losses, "elapsed_s": round(self.state.elapsed_s, 2)}
+        self.metrics.write(record)
+        return record
+
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.train_cfg
+        lr = learning_rate(self.state.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = random_batch(self.train_stream, cfg.batch_size, self.recipe.model.block_size, self.sampler)
+        loss = lm_loss(self.model(x.to(self.device)), y.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise LlmkitError(
+                f"the loss became {loss_value} at step {self.state.step + 1}: training diverged",
+                hint=f"{self.run_dir / LATEST} still holds the last good state; lower train.lr "
+                "or raise train.warmup_steps, then --resume",
+                exit_code=RUN_FAILED,
+            )
+        self.optimizer.step()
+        self.state.step += 1
+        return loss_value, grad_norm
+
+    def fit(self) -> None:
+        cfg = self.train_cfg
+        tokens_per_step = cfg.batch_size * self.recipe.model.block_size
+        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"))
+        started, elapsed_before = time.perf_counter(), self.state.elapsed_s
+        with Progress(*columns, console=console) as progress, _StopRequest() as stop:
+            task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step,
+                                     loss=math.nan, tps=0)
+            # tokens/s is measured over the steps since the last log line or evaluation.
+            window_start, window_steps = time.perf_counter(), 0
+            while self.state.step < cfg.max_steps and not stop.requested:
+                loss, grad_norm = self.train_step()
+                now = time.perf_counter()
+                self.state.elapsed_s = elapsed_before + now - started
+                window_steps += 1
+                tokens_per_s = window_steps * tokens_per_step / (now - window_start)
+                progress.update(task, completed=self.state.step, loss=loss, tps=tokens_per_s)
+                step = self.state.step
+                if step % cfg.log_interval == 0:
+                    self.metrics.write({"kind": "train", "step": step, "loss": loss,
+                                        "lr": learning_rate(step - 1, cfg), "grad_norm": grad_norm,
+                                        "tokens_per_s": round(tokens_per_s, 1),
+                                        "elapsed_s": round(self.state.elapsed_s, 2)})
+                    window_start, window_steps = time.perf_counter(), 0
+                if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                    record = self.evaluate()
+                    best = record["val_loss"] < self.state.best_val_loss
+                    self.state.best_val_loss = min(self.state.best_val_loss, record["val_loss"])
+                    self.save(best=best)
+                    progress.console.print(
+                        f"step {step:>6}: train loss {record['train_loss']:.4f}, val loss "
+                        f"{record['val_loss']:.4f}{'  (best)' if best else ''}  [{record['elapsed_s']:.0f} s]",
+                        markup=False)
+                    window_start, window_steps = time.perf_counter(), 0
+        if stop.requested and self.state.step < cfg.max_steps:
+            self.save()
+            raise LlmkitError(f"stopped at step {self.state.step}; {self.run_dir / LATEST} is saved",
+                              hint="continue with the same command and --resume", exit_code=INTERRUPTED)
+
+    def sample(self, tokens: int) -> str:
+        tokenizer = self.shards.tokenizer
+        idx = prompt_ids(tokenizer, "", self.device)
+        generator = torch.Generator(self.device).manual_seed(self.train_cfg.seed)
+        self.model.eval()
+        ids = list(generate(self.model, idx, tokens, temperature=0.8, top_k=200, generator=generator,
+                            vocab_size=tokenizer.vocab_size))
+        self.model.train()
+        return tokenizer.decode(ids)
+
+
+def _prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    run_dir, latest = recipe.run_dir, recipe.run_dir / LATEST
+    if resume and not latest.is_file():
+        raise LlmkitError(f"nothing to resume: {latest} does not exist",
+                          hint="run the same command without --resume to start training")
+    if latest.is_file() and not resume and not overwrite:
+        raise LlmkitError(f"{run_dir} already holds a run ({latest.name})",
+                          hint="add --resume to continue it, --overwrite to start again, "
+                          f"or choose another directory: out_dir=runs/{recipe.name}_2")
+    if overwrite and not resume:
+        for name in (LATEST, BEST, METRICS):
+            (run_dir / name).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
+    """Run (or resume) the training a recipe describes; returns the run directory."""
+    device = resolve_device(recipe.train.device)
+    _prepare_run_dir(recipe, resume, overwrite)
+    shards = ensure_tokens(recipe.data)
+    vocab_size = recipe.model.vocab_size or shards.tokenizer.vocab_size
+    if vocab_size < shards.tokenizer.vocab_size:
+        raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
+                          f"{shards.tokenizer.vocab_size} tokens")
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab_size))
+    block = recipe.model.block_size
+    for split in ("train", "val"):
+        if len(shards.split(split)) <= block:
+            raise LlmkitError(f"the {split} split of {shards.directory} has {len(shards.split(split))} "
+                              f"tokens, too few for one window of block_size + 1 = {block + 1}",
+                              hint="use a longer text, or lower model.block_size or data.val_fraction")
+
+    trainer = Trainer(recipe, shards, device)
+    if resume:
+        trainer.resume()
+    (recipe.run_dir / RECIPE).write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    save_tokenizer(shards.tokenizer, recipe.run_dir / TOKENIZER)
+
+    m, t = recipe.model, recipe.train
+    say(f"model {m.name}: {count_parameters(trainer.model):,} parameters ({describe(m)})")
+    say(f"data {shards.directory}: {len(trainer.train_stream):,} train / {len(trainer.val_stream):,} val tokens")
+    say(f"{'resuming at step ' + str(trainer.state.step) + ' of' if resume else 'training for'} "
+        f"{t.max_steps} steps of {t.batch_size} x {m.block_size} tokens on {device}; run directory {recipe.run_dir}")
+    trainer.fit()
+    state = trainer.state
+    say(f"done: {state.step} steps in {state.elapsed_s:.0f} s; best val loss {state.best_val_loss:.4f}")
+    if t.sample_tokens:
+        console.rule("sample", style="dim")
+        say(trainer.sample(t.sample_tokens))
+        console.rule(style="dim")
+        say(f"more: llmkit generate {recipe.run_dir}    measure: llmkit eval {recipe.run_dir}")
+    return recipe.run_dir

@@ -1,0 +1,84 @@
+"""Shared fixtures: the local data mirror, a scratch working directory, and the CLI in-process.
+
+Tests never touch the network: Tiny Shakespeare comes from $LLMKIT_DATA_MIRROR, by default the
+workspace's ../shared/data beside the repository.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = REPO / "recipes"
+DEFAULT_MIRROR = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def mirror() -> Path:
+    path = Path(os.environ.setdefault("LLMKIT_DATA_MIRROR", str(DEFAULT_MIRROR)))
+    if not (path / "tinyshakespeare" / "input.txt").is_file():
+        pytest.fail(f"the tests need the data mirror: set LLMKIT_DATA_MIRROR (tried {path})")
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A fresh current directory: runs/ and data/ land here."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run `llmkit ARGS...` in this process (fast: torch is imported once) and return its exit
+    code, stdout and stderr."""
+    from llmkit.cli import main
+
+    def run(*args: str, stdin: str = "") -> Result:
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", ["llmkit", *map(str, args)])
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))  # as if piped: not a terminal
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def run_subprocess(*args: str, cwd: Path | None = None, stdin: str | None = None,
+                   env: dict | None = None) -> Result:
+    """Run the real console entry point in a new process (for what in-process runs cannot show:
+    import cost, tracebacks, exit codes as the shell sees them)."""
+    proc = subprocess.run([sys.executable, "-m", "llmkit", *map(str, args)], cwd=cwd, input=stdin,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory) -> Path:
+    """The debug recipe trained once for the session; tests that only read it share it."""
+    from llmkit.config import load_recipe
+    from llmkit.trainer import train
+
+    root = tmp_path_factory.mktemp("debug_run")
+    recipe = load_recipe(RECIPES / "debug.yaml", [f"out_dir={root / 'run'}", f"data.root={root / 'data'}",
+                                                  "train.sample_tokens=0"])
+    return train(recipe)
