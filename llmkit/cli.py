@@ -179,6 +179,7 @@ def generate(
         "--prompt", "-p", help="Text to continue; '-' reads stdin (also read when stdin is a pipe).",
         show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=0)] = 500,
+    # The sampling defaults are llmkit.generate.TEMPERATURE and TOP_K (a test keeps them equal).
     temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = 200,
     seed: Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)] = None,

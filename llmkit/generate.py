@@ -16,6 +16,9 @@ from torch import nn
 from llmkit.errors import LlmkitError
 from llmkit.tokenizer import Tokenizer
 
+# Defaults for sampling (the CLI's and the sample printed after training): nanoGPT's choices.
+TEMPERATURE, TOP_K = 0.8, 200
+
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None,
                generator: torch.Generator | None) -> torch.Tensor:

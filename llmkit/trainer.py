@@ -24,6 +24,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
+from llmkit.atomic import atomic_write_text
 from llmkit.batches import random_batch
 from llmkit.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from llmkit.config import Recipe, TrainConfig, recipe_to_yaml
@@ -31,7 +32,7 @@ from llmkit.console import console, say
 from llmkit.device import resolve_device
 from llmkit.errors import RUN_FAILED, LlmkitError
 from llmkit.evaluate import estimate_loss, lm_loss
-from llmkit.generate import generate, prompt_ids
+from llmkit.generate import TEMPERATURE, TOP_K, generate, prompt_ids
 from llmkit.metrics import MetricsLog
 from llmkit.models import build_model, count_parameters, describe
 from llmkit.prepare import ensure_tokens
@@ -112,6 +113,12 @@ class Trainer:
         self.train_cfg = recipe.train
         self.run_dir = recipe.run_dir
         self.train_stream, self.val_stream = shards.split("train"), shards.split("val")
+        block = recipe.model.block_size
+        for split, stream in (("train", self.train_stream), ("val", self.val_stream)):
+            if len(stream) <= block:
+                raise LlmkitError(f"the {split} split of {shards.directory} has {len(stream)} tokens, "
+                                  f"too few for one window of block_size + 1 = {block + 1}",
+                                  hint="use a longer text, or lower model.block_size or data.val_fraction")
         torch.manual_seed(self.train_cfg.seed)
         self.model = build_model(recipe.model).to(device)
         self.optimizer = make_optimizer(self.model, self.train_cfg, device)
@@ -244,13 +251,13 @@ class Trainer:
         idx = prompt_ids(tokenizer, "", self.device)
         generator = torch.Generator(self.device).manual_seed(self.train_cfg.seed)
         self.model.eval()
-        ids = list(generate(self.model, idx, tokens, temperature=0.8, top_k=200, generator=generator,
-                            vocab_size=tokenizer.vocab_size))
+        ids = list(generate(self.model, idx, tokens, TEMPERATURE, TOP_K, generator, tokenizer.vocab_size))
         self.model.train()
         return tokenizer.decode(ids)
 
 
-def _prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into a directory that holds a run, unless told to resume or overwrite."""
     run_dir, latest = recipe.run_dir, recipe.run_dir / LATEST
     if resume and not latest.is_file():
         raise LlmkitError(f"nothing to resume: {latest} does not exist",
@@ -259,33 +266,27 @@ def _prepare_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
         raise LlmkitError(f"{run_dir} already holds a run ({latest.name})",
                           hint="add --resume to continue it, --overwrite to start again, "
                           f"or choose another directory: out_dir=runs/{recipe.name}_2")
-    if overwrite and not resume:
-        for name in (LATEST, BEST, METRICS):
-            (run_dir / name).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
     """Run (or resume) the training a recipe describes; returns the run directory."""
     device = resolve_device(recipe.train.device)
-    _prepare_run_dir(recipe, resume, overwrite)
+    _check_run_dir(recipe, resume, overwrite)
     shards = ensure_tokens(recipe.data)
     vocab_size = recipe.model.vocab_size or shards.tokenizer.vocab_size
     if vocab_size < shards.tokenizer.vocab_size:
         raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
                           f"{shards.tokenizer.vocab_size} tokens")
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab_size))
-    block = recipe.model.block_size
-    for split in ("train", "val"):
-        if len(shards.split(split)) <= block:
-            raise LlmkitError(f"the {split} split of {shards.directory} has {len(shards.split(split))} "
-                              f"tokens, too few for one window of block_size + 1 = {block + 1}",
-                              hint="use a longer text, or lower model.block_size or data.val_fraction")
-
     trainer = Trainer(recipe, shards, device)
     if resume:
         trainer.resume()
-    (recipe.run_dir / RECIPE).write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    else:
+        # Only now, with data and model in hand, is an overwritten run's history dropped.
+        (recipe.run_dir / BEST).unlink(missing_ok=True)
+        (recipe.run_dir / METRICS).unlink(missing_ok=True)
+    recipe.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(recipe.run_dir / RECIPE, recipe_to_yaml(recipe))
     save_tokenizer(shards.tokenizer, recipe.run_dir / TOKENIZER)
 
     m, t = recipe.model, recipe.train

@@ -92,3 +92,24 @@ def test_end_to_end_in_a_shell_pipeline(workdir):
                                stdin="ROMEO:\n")
     assert generated.code == 0, generated.err
     assert generated.out.startswith("ROMEO:\n") and len(generated.out) == len("ROMEO:\n") + 30 + 1
+
+
+def test_generate_defaults_match_the_sampling_module():
+    import inspect
+
+    from llmkit import generate
+    from llmkit.cli import generate as command
+
+    defaults = inspect.signature(command).parameters
+    assert (defaults["temperature"].default, defaults["top_k"].default) == (generate.TEMPERATURE, generate.TOP_K)
+
+
+def test_readme_opens_with_the_commands_ci_runs():
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert block[0] == "./setup.sh"
+    assert block[1].endswith(".venv/bin/llmkit train recipes/shakespeare_char.yaml")
+    assert block[2] == ".venv/bin/python -m pytest"
+    assert "\n" + block[2] + "\n" in (REPO / ".ci/run").read_text()

@@ -104,6 +104,16 @@ def test_an_existing_run_is_not_overwritten_by_accident(workdir):
         train(debug_recipe(workdir / "elsewhere", "train.max_steps=10"), resume=True)
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_can_start(workdir):
+    run = train(debug_recipe(workdir, "train.max_steps=10", "train.eval_interval=10"))
+    with pytest.raises(LlmkitError, match="neither a dataset name nor a file"):
+        train(debug_recipe(workdir, "data.source=missing.txt"), overwrite=True)
+    assert load_checkpoint(run / "latest.pt")["step"] == 10 and (run / "best.pt").is_file()
+    train(debug_recipe(workdir, "train.max_steps=5", "train.eval_interval=5"), overwrite=True)
+    assert load_checkpoint(run / "latest.pt")["step"] == 5
+    assert [step for step, _ in losses(run, "eval")] == [5]
+
+
 def test_resume_refuses_a_changed_model(workdir):
     train(debug_recipe(workdir, "train.max_steps=10", "train.eval_interval=10"))
     with pytest.raises(LlmkitError, match=r"model.n_layer: 2 -> 3"):
