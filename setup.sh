@@ -53,10 +53,13 @@ elif [ "$want" = cpu ]; then
     say "installing PyTorch $TORCH_VERSION (macOS: CPU and MPS)"
     pip_install "torch==$TORCH_VERSION"
   elif pip_install --quiet --no-index --no-deps "torch==$TORCH_VERSION" 2>/dev/null \
-       && "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' 2>/dev/null; then
+       && "$PY" -c 'import importlib.metadata as m, sys; sys.exit(not m.version("torch").endswith("+cpu"))'; then
+    # A CPU wheel pip can see without the network (a wheelhouse in pip's config): take it, then
+    # its dependencies from the index. Checked by version label: torch cannot import before them.
     say "installed PyTorch $TORCH_VERSION (CPU) from a local wheel; adding its dependencies"
-    pip_install "torch==$TORCH_VERSION"
+    pip_install --quiet "torch==$TORCH_VERSION"
   else
+    "$PY" -m pip uninstall --yes --quiet torch 2>/dev/null || true  # a local non-CPU wheel, if any
     say "no NVIDIA GPU: installing PyTorch $TORCH_VERSION, CPU build, from download.pytorch.org"
     pip_install "torch==$TORCH_VERSION" --index-url https://download.pytorch.org/whl/cpu \
       --extra-index-url https://pypi.org/simple
