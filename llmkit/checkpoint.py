@@ -18,7 +18,7 @@ from llmkit.atomic import atomic_open
 from llmkit.errors import LlmkitError
 
 FORMAT = "llmkit-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: attention q/kv and the models of the ladder (llmkit 0.2)
 # Wrappers add these to parameter names: torch.compile (`_orig_mod.`) and DDP (`module.`).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 

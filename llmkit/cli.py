@@ -132,44 +132,46 @@ def train(
 @app.command("eval")
 def eval_(
     run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
-    split: Annotated[str, typer.Option(help="Which split of the shards to measure.")] = "val",
+    split: Annotated[str, typer.Option(help="Which split to measure.")] = "val",
     checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
     data: Annotated[Optional[Path], typer.Option(
         help="Token shards to measure on (default: the ones the run was trained on).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 32,
+    beam: Annotated[int, typer.Option(min=1, help="Beam width for seq2seq decoding (1: greedy).")] = 1,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Measure loss, perplexity and bits per character on every token of a split.
+    """Measure a trained model on every example of a split.
 
-    Example: llmkit eval runs/shakespeare_char --json
+    Language models: loss, perplexity, bits per character. Encoder: masked-token loss and accuracy.
+    Seq2seq: exact match on the held-out numbers. Example: llmkit eval runs/shakespeare_char --json
     """
     from llmkit.device import resolve_device
-    from llmkit.evaluate import evaluate_split
-    from llmkit.run import load_trained
-    from llmkit.shards import load_shards
+    from llmkit.run import load_trained, task_for
 
     target = resolve_device(device)
     trained = load_trained(run, checkpoint, target)
-    shards = load_shards(data if data is not None else trained.checkpoint["data"]["tokens"])
-    if shards.tokenizer_identity != trained.checkpoint["tokenizer_identity"]:
-        raise LlmkitError(
-            f"{trained.path} was trained with tokenizer {trained.checkpoint['tokenizer_identity']}, "
-            f"but the shards in {shards.directory} hold {shards.tokenizer_identity}",
-            hint=f"measure on shards made with the run's tokenizer (--data DIR), or rebuild them: "
-            f"{trained.checkpoint['data']['command']}")
-    result = evaluate_split(trained.model, shards.split(split), trained.tokenizer,
-                            trained.config.block_size, batch_size, target)
+    task = task_for(trained, data)
+    extra = {"beam": beam} if trained.config.name == "seq2seq" else {}
+    if beam > 1 and not extra:
+        raise LlmkitError("--beam is for seq2seq models; a language model's loss does not decode")
+    result = task.evaluate(trained.model, split, batch_size, target, **extra)
     result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"],
-              "data": str(shards.directory), "split": split, **result}
+              "data": task.data_info["tokens"] or "generated", "split": split, **result}
     if as_json:
         print(json.dumps(result))
         return
-    print(f"checkpoint     {result['checkpoint']} (step {result['step']})")
-    print(f"split          {split} of {result['data']} ({result['tokens']:,} tokens)")
-    print(f"loss           {result['loss']:.4f}")
-    print(f"perplexity     {result['perplexity']:.3f}")
-    print(f"bits per char  {result['bits_per_char']:.4f}")
+    labels = {"loss": "loss", "perplexity": "perplexity", "bits_per_char": "bits per char",
+              "masked_accuracy": "masked-token accuracy", "exact_match": "exact match"}
+    rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
+            ("split", f"{split} of {result['data']}")]
+    rows += [(label, f"{result[key]:.2%}" if key in ("masked_accuracy", "exact_match") else f"{result[key]:.4f}")
+             for key, label in labels.items() if key in result]
+    width = max(len(label) for label, _ in rows)
+    for label, value in rows:
+        print(f"{label:<{width}}  {value}")
+    for error in result.get("errors", []):
+        print(f"  wrong: {error['number']} -> {error['output']!r} (reference {error['reference']!r})")
 
 
 @app.command()
@@ -182,6 +184,7 @@ def generate(
     # The sampling defaults are llmkit.generate.TEMPERATURE and TOP_K (a test keeps them equal).
     temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = 200,
+    beam: Annotated[int, typer.Option(min=1, help="Beam search with this many beams (1: sample).")] = 1,
     seed: Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
     echo: Annotated[bool, typer.Option(help="Print the prompt before the continuation.")] = True,
@@ -189,37 +192,70 @@ def generate(
 ) -> None:
     """Continue a prompt with a trained model, streaming the text to stdout.
 
-    Example: echo "ROMEO:" | llmkit generate runs/shakespeare_char --seed 1
+    A seq2seq run translates instead: each input line is a number, each output line its words.
+    Examples: echo "ROMEO:" | llmkit generate runs/shakespeare_char --seed 1
+              printf "4021\n77\n" | llmkit generate runs/seq2seq_numbers --beam 4
     """
     import torch
 
     from llmkit.console import say
     from llmkit.device import resolve_device
-    from llmkit.generate import StreamDecoder, generate as sample, prompt_ids
+    from llmkit.generate import StreamDecoder, beam_search, generate as sample, prompt_ids
     from llmkit.run import load_trained
 
     target = resolve_device(device)
     trained = load_trained(run, checkpoint, target)  # before reading stdin: bad runs fail at once
+    if trained.config.name == "encoder":
+        raise LlmkitError(f"{trained.path} is an encoder (masked LM): it fills in masks, it does not "
+                          "generate text", hint=f"measure it with: llmkit eval {run}")
     if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
         prompt = sys.stdin.read()
     prompt = prompt or ""
+    if trained.config.name == "seq2seq":
+        _translate_lines(trained, prompt, beam, target)
+        return
     idx = prompt_ids(trained.tokenizer, prompt, target)
-    if seed is None:
-        seed = int.from_bytes(os.urandom(4), "little")
-        say(f"seed {seed} (pass --seed {seed} to repeat this sample)")
-    generator = torch.Generator(target).manual_seed(seed)
     out = sys.stdout
     if echo:
         out.write(prompt)
+    if beam > 1:
+        model, block = trained.model, trained.config.block_size
+
+        def step(prefixes):  # (N, t) -> (N, V) next-token log-probs
+            logits = model(prefixes[:, -block:].to(target))[:, -1, : trained.tokenizer.vocab_size]
+            return torch.log_softmax(logits.float(), dim=-1)
+        tokens = beam_search(step, idx[0].tolist(), beam, max_new_tokens, eos=None)
+    else:
+        if seed is None:
+            seed = int.from_bytes(os.urandom(4), "little")
+            say(f"seed {seed} (pass --seed {seed} to repeat this sample)")
+        generator = torch.Generator(target).manual_seed(seed)
+        tokens = sample(trained.model, idx, max_new_tokens, temperature, top_k, generator,
+                        trained.tokenizer.vocab_size)
     decoder, text = StreamDecoder(trained.tokenizer), prompt
-    for token in sample(trained.model, idx, max_new_tokens, temperature, top_k, generator,
-                        trained.tokenizer.vocab_size):
+    for token in tokens:
         piece = decoder.push(token)
         text += piece
         out.write(piece)
         out.flush()
     if not text.endswith("\n"):
         out.write("\n")
+
+
+def _translate_lines(trained, text: str, beam: int, device) -> None:
+    from llmkit.tasks.numbers import LIMIT, NumbersToWords
+
+    task = NumbersToWords(trained.config.block_size)
+    numbers = []
+    for line in text.split():
+        if not line.isdigit() or int(line) >= LIMIT:
+            raise LlmkitError(f"'{line}' is not an integer from 0 to {LIMIT - 1:,}",
+                              hint="a seq2seq_numbers run reads one number per line")
+        numbers.append(int(line))
+    if not numbers:
+        raise LlmkitError("no numbers to translate", hint="echo 4021 | llmkit generate RUN")
+    for number, words in zip(numbers, task.translate(trained.model, numbers, device, beam)):
+        print(f"{number}\t{words}")
 
 
 @app.command()

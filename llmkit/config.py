@@ -39,9 +39,11 @@ def _raise_if(problems: list[str]) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    # A dataset name from `llmkit download` (e.g. shakespeare) or the path of a UTF-8 text file.
+    # A dataset name from `llmkit download` (e.g. shakespeare), the path of a UTF-8 text file, or
+    # `numbers`: integer -> English words pairs generated on the fly (for the seq2seq model).
     source: str = "shakespeare"
-    tokenizer: Literal["char"] = "char"
+    # char: one token per character; words: the fixed word vocabulary of the numbers task.
+    tokenizer: Literal["char", "words"] = "char"
     # Train on an existing shard directory (what `llmkit tokenize` printed) instead of `source`.
     tokens: str | None = None
     # The last `val_fraction` of the text is the validation split, as in nanoGPT.
@@ -55,19 +57,38 @@ class DataConfig:
             problems.append("source: must name a dataset or a text file")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        if (self.source == "numbers") != (self.tokenizer == "words"):
+            problems.append("tokenizer: the numbers source goes with the words tokenizer, and only it "
+                            f"(source {self.source!r}, tokenizer {self.tokenizer!r})")
         _raise_if(problems)
+
+
+# The ladder, in order; each name is a file in llmkit/models/.
+DECODERS = ("bigram", "single_head_attention", "multi_head_attention", "single_block_transformer", "gpt")
+MODEL_NAMES = Literal["bigram", "single_head_attention", "multi_head_attention",
+                      "single_block_transformer", "gpt", "encoder", "seq2seq"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: Literal["bigram", "gpt"] = "gpt"
+    name: MODEL_NAMES = "gpt"
     block_size: int = 64  # context length T
-    n_layer: int = 4
+    n_layer: int = 4  # blocks (the encoder and the decoder of seq2seq have n_layer each)
     n_head: int = 4
+    n_kv_head: int | None = None  # key/value heads: n_head (MHA), fewer (GQA), 1 (MQA)
     n_embd: int = 128  # channels C; head dim D = n_embd // n_head
     dropout: float = 0.0
     bias: bool = False  # biases in linear layers and LayerNorms (GPT-2 has them)
     vocab_size: int | None = None  # filled in from the tokenizer when not given
+    positions: Literal["learned", "sinusoidal", "rope", "none"] = "learned"
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    mlp_hidden: int | None = None  # the MLP's inner width; 4 * n_embd when not given
+    attention: Literal["sdpa", "explicit"] = "sdpa"  # explicit keeps the weights for plots
+    qk_norm: bool = False  # RMS-normalise queries and keys per head before the dot product
+    tie_embeddings: bool = True  # the output head reuses the token embedding (gpt, encoder, seq2seq)
+    rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -76,15 +97,31 @@ class ModelConfig:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
         if self.n_head >= 1 and self.n_embd % self.n_head:
             problems.append(f"n_embd: {self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            problems.append(f"n_kv_head: must divide n_head={self.n_head}, got {self.n_kv_head}")
+        if self.positions == "rope" and self.n_head >= 1 and (self.n_embd // self.n_head) % 2:
+            problems.append(f"positions: rope needs an even head dim, got {self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.vocab_size is not None and self.vocab_size < 1:
             problems.append(f"vocab_size: must be at least 1, got {self.vocab_size}")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            problems.append(f"mlp_hidden: must be at least 1, got {self.mlp_hidden}")
+        if self.norm_eps <= 0 or self.rope_base <= 0:
+            problems.append("norm_eps and rope_base: must be positive")
         _raise_if(problems)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
 
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -135,6 +172,13 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        # The task follows from the model: decoders predict the next token, the encoder fills in
+        # masked tokens, seq2seq translates the generated numbers.
+        if (self.model.name == "seq2seq") != (self.data.source == "numbers"):
+            _raise_if([f"model.name: {self.model.name} cannot train on data.source {self.data.source!r} "
+                       "(seq2seq trains on the numbers source, and the numbers source only trains seq2seq)"])
 
     @property
     def run_dir(self) -> Path:
@@ -252,7 +296,8 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     try:
         built = cls(**kwargs)
     except ConfigError as e:
-        problems += [f"{where}.{p}" if where else p for p in e.problems if p.split(":")[0] not in failed]
+        problems += [f"{where}.{p}" if where else p for p in e.problems
+                     if p.split(":")[0].split(".")[0] not in failed]
         return None
     return built if len(problems) == before else None
 

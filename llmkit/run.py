@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def load_trained(run: str | Path, which: str = "best", device: torch.device | st
     checkpoint.pop("optimizer", None)
     model.to(device).eval()
     return TrainedModel(model, tokenizer_from_dict(checkpoint["tokenizer"]), config, checkpoint, path)
+
+
+def task_for(trained: TrainedModel, data: str | Path | None = None):
+    """The task a trained model was trained on, over its own data (or the shards in `data`),
+    refusing data made with another tokenizer."""
+    from llmkit.config import recipe_from_dict
+    from llmkit.tasks import check_tokenizer, make_task
+
+    recipe = recipe_from_dict(trained.checkpoint["recipe"], where=f"{trained.path} recipe")
+    tokens = data if data is not None else trained.checkpoint["data"]["tokens"]
+    if tokens is not None:
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, tokens=str(tokens)))
+    task = make_task(recipe)
+    check_tokenizer(task, trained.checkpoint, trained.path)
+    return task

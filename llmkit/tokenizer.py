@@ -88,6 +88,36 @@ class CharTokenizer:
         return {"kind": self.kind, "chars": self.chars}
 
 
+class WordTokenizer:
+    """One token per whitespace-separated word of a fixed vocabulary (the numbers task's digits,
+    number words and <pad>/<bos>/<eos>); decode joins the words with single spaces."""
+
+    kind = "words"
+
+    def __init__(self, words: list[str]):
+        if len(set(words)) != len(words) or not words:
+            raise LlmkitError("a word tokenizer needs distinct words")
+        self.words = list(words)
+        self._ids = {w: i for i, w in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def encode(self, text: str) -> np.ndarray:
+        unknown = sorted({w for w in text.split() if w not in self._ids})
+        if unknown:
+            raise LlmkitError(f"words not in this tokenizer's vocabulary: {' '.join(unknown[:20])}")
+        return np.array([self._ids[w] for w in text.split()], dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return " ".join(self.words[int(i)] for i in ids)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "words": self.words}
+
+
+# Tokenizers trained from a text file (`llmkit tokenize --tokenizer ...`).
 TOKENIZERS = {"char": CharTokenizer}
 
 
@@ -95,6 +125,8 @@ def tokenizer_from_dict(spec: dict) -> Tokenizer:
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind == "char" and isinstance(spec.get("chars"), str):
         return CharTokenizer(spec["chars"])
+    if kind == "words" and isinstance(spec.get("words"), list):
+        return WordTokenizer(spec["words"])
     raise LlmkitError(f"unrecognised tokenizer description (kind {kind!r})")
 
 

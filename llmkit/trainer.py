@@ -1,7 +1,7 @@
 """The training loop.
 
-Each step samples a batch of random windows, computes the cross-entropy of the model's next-token
-predictions, backpropagates, clips the global gradient norm and takes an AdamW step at the
+Each step asks the task (llmkit/tasks/) for a batch and its loss — next-token prediction for
+decoders, masked tokens for the encoder, translation for seq2seq — backpropagates, clips the global gradient norm and takes an AdamW step at the
 scheduled learning rate. Every `eval_interval` steps it estimates train and val loss and writes
 latest.pt (and best.pt when val improves), atomically. Ctrl-C (or SIGTERM) lets the current step
 finish, writes latest.pt and exits; `llmkit train RECIPE --resume` continues from it exactly:
@@ -25,20 +25,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from llmkit.atomic import atomic_write_text
-from llmkit.batches import random_batch
 from llmkit.checkpoint import load_checkpoint, save_checkpoint, unwrap
 from llmkit.config import Recipe, TrainConfig, recipe_to_yaml
 from llmkit.console import console, say
 from llmkit.device import resolve_device
 from llmkit.errors import RUN_FAILED, LlmkitError
-from llmkit.evaluate import estimate_loss, lm_loss
-from llmkit.generate import TEMPERATURE, TOP_K, generate, prompt_ids
 from llmkit.metrics import MetricsLog
 from llmkit.models import build_model, count_parameters, describe
-from llmkit.prepare import ensure_tokens
 from llmkit.run import BEST, LATEST, METRICS, RECIPE, TOKENIZER
 from llmkit.schedule import learning_rate
-from llmkit.shards import ShardSet
+from llmkit.tasks import Task, check_tokenizer, estimate, make_task, to_device
 from llmkit.tokenizer import save_tokenizer
 
 INTERRUPTED = 130  # the shell's exit code for a run stopped by Ctrl-C
@@ -108,17 +104,11 @@ class _StopRequest:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, shards: ShardSet, device: torch.device):
-        self.recipe, self.shards, self.device = recipe, shards, device
+    def __init__(self, recipe: Recipe, task: Task, device: torch.device):
+        self.recipe, self.task, self.device = recipe, task, device
         self.train_cfg = recipe.train
         self.run_dir = recipe.run_dir
-        self.train_stream, self.val_stream = shards.split("train"), shards.split("val")
-        block = recipe.model.block_size
-        for split, stream in (("train", self.train_stream), ("val", self.val_stream)):
-            if len(stream) <= block:
-                raise LlmkitError(f"the {split} split of {shards.directory} has {len(stream)} tokens, "
-                                  f"too few for one window of block_size + 1 = {block + 1}",
-                                  hint="use a longer text, or lower model.block_size or data.val_fraction")
+        task.describe()  # checks that both splits can be read, before any model is built
         torch.manual_seed(self.train_cfg.seed)
         self.model = build_model(recipe.model).to(device)
         self.optimizer = make_optimizer(self.model, self.train_cfg, device)
@@ -132,9 +122,9 @@ class Trainer:
         checkpoint = {
             "model_config": dataclasses.asdict(self.recipe.model),
             "model": unwrap(self.model).state_dict(),
-            "tokenizer": self.shards.tokenizer.to_dict(),
-            "tokenizer_identity": self.shards.tokenizer_identity,
-            "data": {"tokens": str(self.shards.directory), "command": self.shards.rebuild},
+            "tokenizer": self.task.tokenizer.to_dict(),
+            "tokenizer_identity": self.task.identity,
+            "data": self.task.data_info,
             "recipe": dataclasses.asdict(self.recipe),
             **dataclasses.asdict(self.state),
         }
@@ -151,13 +141,7 @@ class Trainer:
     def resume(self) -> None:
         path = self.run_dir / LATEST
         checkpoint = load_checkpoint(path)
-        if checkpoint["tokenizer_identity"] != self.shards.tokenizer_identity:
-            raise LlmkitError(
-                f"{path} was trained with tokenizer {checkpoint['tokenizer_identity']}, but the "
-                f"shards in {self.shards.directory} hold {self.shards.tokenizer_identity}",
-                hint=f"rebuild the shards the run was trained on: {checkpoint['data']['command']}"
-                f" — or start a new run with --overwrite or out_dir=...",
-            )
+        check_tokenizer(self.task, checkpoint, path)
         saved, wanted = checkpoint["model_config"], dataclasses.asdict(self.recipe.model)
         changed = [f"model.{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
         if changed:
@@ -173,11 +157,11 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------------
 
     def evaluate(self) -> dict:
-        cfg, block = self.train_cfg, self.recipe.model.block_size
-        args = (cfg.batch_size, block, cfg.eval_steps, self.device)
+        cfg = self.train_cfg
+        args = (self.task, self.model)
         losses = {
-            "train_loss": estimate_loss(self.model, self.train_stream, *args, seed=cfg.seed + 1),
-            "val_loss": estimate_loss(self.model, self.val_stream, *args, seed=cfg.seed + 2),
+            "train_loss": estimate(*args, "train", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 1),
+            "val_loss": estimate(*args, "val", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 2),
         }
         record = {"kind": "eval", "step": self.state.step, **losses, "elapsed_s": round(self.state.elapsed_s, 2)}
         self.metrics.write(record)
@@ -188,8 +172,8 @@ class Trainer:
         lr = learning_rate(self.state.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        x, y = random_batch(self.train_stream, cfg.batch_size, self.recipe.model.block_size, self.sampler)
-        loss = lm_loss(self.model(x.to(self.device)), y.to(self.device))
+        batch = to_device(self.task.batch("train", cfg.batch_size, self.sampler), self.device)
+        loss = self.task.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -247,13 +231,11 @@ class Trainer:
                               hint="continue with the same command and --resume", exit_code=INTERRUPTED)
 
     def sample(self, tokens: int) -> str:
-        tokenizer = self.shards.tokenizer
-        idx = prompt_ids(tokenizer, "", self.device)
         generator = torch.Generator(self.device).manual_seed(self.train_cfg.seed)
         self.model.eval()
-        ids = list(generate(self.model, idx, tokens, TEMPERATURE, TOP_K, generator, tokenizer.vocab_size))
+        text = self.task.sample(self.model, self.device, generator, tokens)
         self.model.train()
-        return tokenizer.decode(ids)
+        return text
 
 
 def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
@@ -272,13 +254,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     """Run (or resume) the training a recipe describes; returns the run directory."""
     device = resolve_device(recipe.train.device)
     _check_run_dir(recipe, resume, overwrite)
-    shards = ensure_tokens(recipe.data)
-    vocab_size = recipe.model.vocab_size or shards.tokenizer.vocab_size
-    if vocab_size < shards.tokenizer.vocab_size:
-        raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the tokenizer's "
-                          f"{shards.tokenizer.vocab_size} tokens")
+    task = make_task(recipe)
+    vocab_size = recipe.model.vocab_size or task.vocab_size
+    if vocab_size < task.vocab_size:
+        raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the task's {task.vocab_size} "
+                          "tokens (the tokenizer's, plus any special tokens)")
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab_size))
-    trainer = Trainer(recipe, shards, device)
+    trainer = Trainer(recipe, task, device)
     if resume:
         trainer.resume()
     else:
@@ -287,11 +269,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         (recipe.run_dir / METRICS).unlink(missing_ok=True)
     recipe.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(recipe.run_dir / RECIPE, recipe_to_yaml(recipe))
-    save_tokenizer(shards.tokenizer, recipe.run_dir / TOKENIZER)
+    save_tokenizer(task.tokenizer, recipe.run_dir / TOKENIZER)
 
     m, t = recipe.model, recipe.train
     say(f"model {m.name}: {count_parameters(trainer.model):,} parameters ({describe(m)})")
-    say(f"data {shards.directory}: {len(trainer.train_stream):,} train / {len(trainer.val_stream):,} val tokens")
+    say(task.describe())
     say(f"{'resuming at step ' + str(trainer.state.step) + ' of' if resume else 'training for'} "
         f"{t.max_steps} steps of {t.batch_size} x {m.block_size} tokens on {device}; run directory {recipe.run_dir}")
     trainer.fit()

@@ -1,4 +1,9 @@
-"""The model family; `build_model` turns a ModelConfig into a module that maps ids to logits."""
+"""The model family; `build_model` turns a ModelConfig into a module.
+
+The ladder, each rung one file adding one idea: bigram -> single_head_attention ->
+multi_head_attention -> single_block_transformer -> gpt; then encoder (bidirectional, masked LM)
+and seq2seq (encoder-decoder with cross-attention).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,22 @@ from torch import nn
 
 from llmkit.config import ModelConfig
 from llmkit.models.bigram import Bigram
+from llmkit.models.encoder import Encoder
 from llmkit.models.gpt import GPT
+from llmkit.models.multi_head_attention import MultiHeadAttention
+from llmkit.models.seq2seq import Seq2Seq
+from llmkit.models.single_block_transformer import SingleBlockTransformer
+from llmkit.models.single_head_attention import SingleHeadAttention
 
-MODELS: dict[str, type[nn.Module]] = {"bigram": Bigram, "gpt": GPT}
+MODELS: dict[str, type[nn.Module]] = {
+    "bigram": Bigram,
+    "single_head_attention": SingleHeadAttention,
+    "multi_head_attention": MultiHeadAttention,
+    "single_block_transformer": SingleBlockTransformer,
+    "gpt": GPT,
+    "encoder": Encoder,
+    "seq2seq": Seq2Seq,
+}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -26,5 +44,8 @@ def describe(config: ModelConfig) -> str:
     """The sizes that matter for this kind of model, in words."""
     if config.name == "bigram":
         return f"vocab {config.vocab_size}, {config.n_embd} channels"
-    return (f"{config.n_layer} layers, {config.n_head} heads, {config.n_embd} channels, "
+    heads = 1 if config.name == "single_head_attention" else config.n_head
+    layers = "" if config.name in ("single_head_attention", "multi_head_attention") else f"{config.n_layer} layers, "
+    kv = f" ({config.kv_heads} key/value)" if config.kv_heads != config.n_head and heads > 1 else ""
+    return (f"{layers}{heads} head{'s' if heads > 1 else ''}{kv}, {config.n_embd} channels, "
             f"context {config.block_size}, vocab {config.vocab_size}")

@@ -1,38 +1,105 @@
-"""Causal multi-head self-attention.
+"""Scaled dot-product attention, one module for every use in llmkit.
 
-Shapes (used across llmkit): B batch, T time (tokens), C channels (n_embd), H heads, D head dim,
-with C = H * D. Each head attends over the T positions with its own D-dimensional queries, keys and
-values; the heads' outputs are concatenated back to C channels and mixed by an output projection.
+Shapes: B batch, T query positions, S key positions, C channels, H query heads, K key/value heads,
+D head dim (C = H * D). Each query head takes a softmax-weighted average of value vectors:
+
+    weights = softmax(q k^T / sqrt(D) + mask)    (B, H, T, S)
+    out     = weights v                          (B, H, T, D) -> heads concatenated -> (B, T, C)
+
+The same module serves
+- causal self-attention (decoders: position t sees positions <= t),
+- bidirectional self-attention (the encoder: every position sees every other),
+- cross-attention (the seq2seq decoder: queries from the target, keys and values from `context`),
+and any of them with a padding mask (B, S) that hides padded key positions. K < H key/value heads
+is grouped-query attention (GQA; K = 1 is multi-query, MQA): each key/value head serves H / K query
+heads, which shrinks the KV cache by H / K.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.models.norms import RMSNorm
+from llmkit.models.positions import RoPE
+
+
+def attention_mask(T: int, S: int, causal: bool, key_mask: torch.Tensor | None,
+                   device: torch.device) -> torch.Tensor | None:
+    """Boolean mask broadcastable to (B, H, T, S), True where a query may look; None for "all".
+
+    Causal: the T queries are the last T of the S positions (S > T when keys come from a cache), so
+    query i sits at position S - T + i and sees keys 0 .. S - T + i.
+    """
+    mask = None
+    if causal:
+        mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+    if key_mask is not None:
+        keys = key_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, S)
+        mask = keys if mask is None else mask & keys
+    return mask
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, causal: bool, n_head: int | None = None,
+                 rotary: bool | None = None):
+        """`n_head` overrides the config's (the single-head rung); `rotary` defaults to
+        positions == rope, and is off for cross-attention, whose keys are another sequence."""
         super().__init__()
-        self.n_head, self.head_dim = config.n_head, config.head_dim
-        # One matrix computes queries, keys and values together: (B, T, C) -> (B, T, 3C).
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        C = config.n_embd
+        self.n_head = n_head or config.n_head
+        self.n_kv_head = config.kv_heads if self.n_head == config.n_head else self.n_head
+        self.head_dim = C // self.n_head
+        self.causal, self.explicit = causal, config.attention == "explicit"
+        self.q = nn.Linear(C, self.n_head * self.head_dim, bias=config.bias)
+        self.kv = nn.Linear(C, 2 * self.n_kv_head * self.head_dim, bias=config.bias)  # keys, then values
+        self.proj = nn.Linear(self.n_head * self.head_dim, C, bias=config.bias)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        rotary = config.positions == "rope" if rotary is None else rotary
+        self.rope = RoPE(self.head_dim, config.block_size, config.rope_base) if rotary else None
         self.dropout = config.dropout
         self.proj_dropout = nn.Dropout(config.dropout)
+        self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, explicit mode only
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, H, T, D): each head becomes a batch dimension for the matmuls.
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        # softmax(q k^T / sqrt(D) + causal mask) v, by PyTorch's fused kernel (flash attention
-        # on GPUs); the mask keeps position t from seeing positions after t.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) gives the queries; context (B, S, C) the keys and values (x itself when None);
+        key_mask (B, S) is True at real tokens, False at padding."""
+        B, T, _ = x.shape
+        source = x if context is None else context
+        S = source.shape[1]
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k, v = self.kv(source).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, K, S, D) each
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope is not None:
+            q, k = self.rope(q), self.rope(k)
+        if self.n_kv_head != self.n_head:  # GQA: each key/value head serves H / K query heads
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        y = self._attend(q, k, v, key_mask)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj_dropout(self.proj(y))
+
+    def _attend(self, q, k, v, key_mask):
+        T, S = q.shape[2], k.shape[2]
+        dropout = self.dropout if self.training else 0.0
+        if not self.explicit:
+            # PyTorch's fused kernel (flash attention on GPUs); is_causal is its fast path.
+            if key_mask is None and self.causal and T == S:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            mask = attention_mask(T, S, self.causal, key_mask, q.device)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        # The same computation written out, keeping the weights for plots.
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        mask = attention_mask(T, S, self.causal, key_mask, q.device)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores.float(), dim=-1).type_as(q)
+        self.weights = weights.detach()
+        return F.dropout(weights, dropout, self.training) @ v

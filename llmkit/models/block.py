@@ -1,7 +1,8 @@
 """A pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x)).
 
 Normalising the input of each sublayer (pre-norm, as GPT-2) leaves the residual stream untouched
-from embedding to output, which keeps gradients well scaled in deep stacks.
+from embedding to output, which keeps gradients well scaled in deep stacks. With `cross=True` (the
+seq2seq decoder) a cross-attention sublayer sits between the two, reading the encoder's output.
 """
 
 from __future__ import annotations
@@ -12,17 +13,25 @@ from torch import nn
 from llmkit.config import ModelConfig
 from llmkit.models.attention import Attention
 from llmkit.models.mlp import MLP
+from llmkit.models.norms import make_norm
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, causal: bool = True, cross: bool = False):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = Attention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.norm_1 = make_norm(config)
+        self.attn = Attention(config, causal)
+        if cross:
+            self.norm_cross = make_norm(config)
+            self.cross_attn = Attention(config, causal=False, rotary=False)
+        self.norm_2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, C) -> (B, T, C); mask (B, T) marks x's real tokens, context (B, S, C) and
+        context_mask (B, S) are the encoder's output and its real tokens."""
+        x = x + self.attn(self.norm_1(x), key_mask=mask)
+        if context is not None:
+            x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
+        return x + self.mlp(self.norm_2(x))

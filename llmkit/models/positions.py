@@ -1,0 +1,73 @@
+"""Telling the model where each token is. Attention alone is blind to order (it sees a set), so
+position information is either added to the token vectors or rotated into queries and keys.
+
+- learned:    a trainable (block_size, C) table, row t added to the token at position t (GPT-2).
+- sinusoidal: the fixed table of "Attention Is All You Need": channel pair (2i, 2i+1) at position
+              t holds sin(t / 10000^(2i/C)), cos(t / 10000^(2i/C)); nothing to train.
+- rope:       rotary embeddings (RoFormer, Llama): each (x_i, x_{i+D/2}) pair of a query or key is
+              rotated by the angle t * base^(-2i/D), so q_t . k_s depends on t - s only.
+- none:       no positions; a causal model can still infer some order from the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _check_length(start: int, length: int, block_size: int) -> None:
+    if start + length > block_size:
+        raise ValueError(f"sequence of {start + length} tokens is longer than block_size {block_size}")
+
+
+class LearnedPositions(nn.Module):
+    def __init__(self, block_size: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(block_size, dim))
+
+    def forward(self, start: int, length: int) -> torch.Tensor:  # -> (length, C)
+        _check_length(start, length, self.weight.shape[0])
+        return self.weight[start : start + length]
+
+
+def sinusoid_table(block_size: int, dim: int) -> torch.Tensor:
+    """(block_size, dim): even channels sin, odd channels cos, wavelengths from 2pi to 10000*2pi."""
+    position = torch.arange(block_size, dtype=torch.float32)[:, None]  # (T, 1)
+    frequency = torch.pow(10000.0, -torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (ceil(C/2),)
+    angles = position * frequency  # (T, ceil(C/2))
+    table = torch.zeros(block_size, dim)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : dim // 2])
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    def __init__(self, block_size: int, dim: int):
+        super().__init__()
+        # Not a parameter and not saved: it is recomputed from the shape.
+        self.register_buffer("table", sinusoid_table(block_size, dim), persistent=False)
+
+    def forward(self, start: int, length: int) -> torch.Tensor:  # -> (length, C)
+        _check_length(start, length, self.table.shape[0])
+        return self.table[start : start + length]
+
+
+class RoPE(nn.Module):
+    """Rotary position embedding for (B, H, T, D) queries or keys, in the rotate-half layout
+    (the first D/2 channels pair with the last D/2), as Llama's Hugging Face port uses."""
+
+    def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
+        angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq  # (T, D/2)
+        angles = torch.cat([angles, angles], dim=-1)  # (T, D): channel i and i + D/2 share an angle
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        T = x.shape[-2]
+        _check_length(start, T, self.cos.shape[0])
+        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        first, second = x.chunk(2, dim=-1)
+        rotated = torch.cat([-second, first], dim=-1)  # (x1, x2) -> (-x2, x1): a 90-degree turn
+        return x * cos + rotated * sin

@@ -1,0 +1,40 @@
+"""Rung 4: the transformer block. Attention (communication between positions) is followed by an
+MLP (computation within each position), each wrapped in a residual connection with a norm before
+it; `n_layer` such blocks are stacked, and a final norm precedes the output head.
+
+    ids (B, T) -> embeddings (B, T, C) -> n_layer x Block (B, T, C) -> norm -> head (B, T, vocab)
+
+The same stack with `causal=False` is the encoder (llmkit/models/encoder.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from llmkit.config import ModelConfig
+from llmkit.models.block import Block
+from llmkit.models.embedding import Embeddings
+from llmkit.models.norms import make_norm
+
+
+class SingleBlockTransformer(nn.Module):
+    causal = True
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = Embeddings(config)
+        self.blocks = nn.ModuleList(Block(config, causal=self.causal) for _ in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+
+    def hidden(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens."""
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm_f(x)
+
+    def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden(idx, mask))  # (B, T, vocab) logits

@@ -1,0 +1,81 @@
+"""Language modeling: predict each next token. Loss, perplexity, bits per character.
+
+loss = -mean log p(next token) in nats; perplexity = exp(loss), the number of equally likely
+choices the model is as unsure as; bits per character = total nats / ln 2 / characters, which
+compares models whose tokenizers cut the text differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmkit.batches import random_batch, sequential_batches
+from llmkit.errors import LlmkitError
+from llmkit.shards import ShardSet, TokenStream
+from llmkit.tokenizer import Tokenizer
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of (B, T, V) logits against (B, T) target ids; targets of -100 are ignored."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, block_size: int,
+                   batch_size: int, device: torch.device) -> dict:
+    """Loss over every token of a split, in consecutive windows of the model's context."""
+    model.eval()
+    nats, tokens = 0.0, 0
+    for x, y in sequential_batches(stream, block_size, batch_size):
+        nats += lm_loss(model(x.to(device)), y.to(device), reduction="sum").item()
+        tokens += y.numel()
+    chars = len(tokenizer.decode(stream.window(1, len(stream) - 1)))
+    loss = nats / tokens
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": nats / math.log(2) / chars,
+            "tokens": tokens, "chars": chars}
+
+
+class LanguageModeling:
+    def __init__(self, shards: ShardSet, block_size: int):
+        self.shards, self.block_size = shards, block_size
+        self.tokenizer = shards.tokenizer
+        self.vocab_size = shards.tokenizer.vocab_size
+        self.identity = shards.tokenizer_identity
+        self.data_info = {"tokens": str(shards.directory), "command": shards.rebuild}
+        self._streams: dict[str, TokenStream] = {}
+
+    def stream(self, split: str) -> TokenStream:
+        if split not in self._streams:
+            stream = self.shards.split(split)
+            if len(stream) <= self.block_size:
+                raise LlmkitError(
+                    f"the {split} split of {self.shards.directory} has {len(stream)} tokens, too few "
+                    f"for one window of block_size + 1 = {self.block_size + 1}",
+                    hint="use a longer text, or lower model.block_size or data.val_fraction")
+            self._streams[split] = stream
+        return self._streams[split]
+
+    def describe(self) -> str:
+        return (f"data {self.shards.directory}: {len(self.stream('train')):,} train / "
+                f"{len(self.stream('val')):,} val tokens")
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+        return random_batch(self.stream(split), batch_size, self.block_size, generator)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return lm_loss(model(x), y)
+
+    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict:
+        return evaluate_split(model, self.stream(split), self.tokenizer, self.block_size, batch_size, device)
+
+    def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
+        from llmkit.generate import TEMPERATURE, TOP_K, generate, prompt_ids
+
+        idx = prompt_ids(self.tokenizer, "", device)
+        ids = list(generate(model, idx, length, TEMPERATURE, TOP_K, generator, self.vocab_size))
+        return self.tokenizer.decode(ids)
