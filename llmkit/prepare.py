@@ -85,6 +85,9 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
     made from the same text with the same settings are reused unless `force`."""
     if data.tokens is not None:
         return load_shards(data.tokens)
+    if data.source == "numbers":
+        raise LlmkitError("the numbers source is generated while training: there is nothing to tokenize",
+                          hint="train it directly: llmkit train recipes/seq2seq_numbers.yaml")
     if data.source in DATASETS:
         dataset = get_dataset(data.source)
         if not is_downloaded(data.source, data.root):

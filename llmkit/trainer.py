@@ -283,5 +283,6 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         console.rule("sample", style="dim")
         say(trainer.sample(t.sample_tokens))
         console.rule(style="dim")
-        say(f"more: llmkit generate {recipe.run_dir}    measure: llmkit eval {recipe.run_dir}")
+        more = "" if m.name == "encoder" else f"more: llmkit generate {recipe.run_dir}    "
+        say(f"{more}measure: llmkit eval {recipe.run_dir}")
     return recipe.run_dir

@@ -3,6 +3,8 @@ beam search, and every recipe in recipes/ smoke-trained for 2 steps."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -85,15 +87,54 @@ def test_beam_search_finds_what_greedy_misses():
     assert beam_search(table_step(table), [0], beam=2, max_new_tokens=2, eos=4, length_penalty=0) == [2, 4]
 
 
-def test_seq2seq_learns_held_out_numbers(tmp_path):
+@pytest.fixture(scope="module")
+def numbers_run(tmp_path_factory):
+    """seq2seq_numbers at half width and 400 steps (about 6 s)."""
     recipe = load_recipe(RECIPES / "seq2seq_numbers.yaml", [
-        f"out_dir={tmp_path / 'run'}", "train.max_steps=400", "train.sample_tokens=0", "model.n_embd=64"])
-    run = train(recipe)
-    from llmkit.run import load_trained, task_for
+        f"out_dir={tmp_path_factory.mktemp('numbers') / 'run'}", "train.max_steps=400",
+        "train.sample_tokens=0", "model.n_embd=64"])
+    return train(recipe)
 
-    trained = load_trained(run)
-    result = task_for(trained).evaluate(trained.model, "val", 500, torch.device("cpu"))
-    assert result["exact_match"] >= 0.8, result
+
+def test_seq2seq_learns_held_out_numbers(numbers_run, cli):
+    result = cli("eval", numbers_run, "--json")
+    assert result.code == 0, result.err
+    report = json.loads(result.out)
+    # Numbers never seen in training: the model has learned the rules, not the examples.
+    assert report["numbers"] == 1000 and report["exact_match"] >= 0.8, report
+
+
+def test_seq2seq_generate_translates_each_line(numbers_run, cli):
+    result = cli("generate", numbers_run, "--beam", "3", stdin="4021\n7\n")
+    assert result.code == 0, result.err
+    lines = [line.split("\t") for line in result.out.splitlines()]
+    assert [n for n, _ in lines] == ["4021", "7"] and lines[1][1] == "seven"
+    bad = cli("generate", numbers_run, stdin="12a\n")
+    assert bad.code == 2 and "'12a' is not an integer" in bad.err
+
+
+def test_encoder_refuses_to_generate(tmp_path, shared_data, cli):
+    run = train(load_recipe(RECIPES / "encoder_mlm.yaml", [
+        f"out_dir={tmp_path / 'run'}", f"data.root={shared_data}", "train.max_steps=2",
+        "train.eval_interval=1", "train.eval_steps=1", "train.sample_tokens=0"]))
+    result = cli("generate", run, "--prompt", "x")
+    assert result.code == 2 and "is an encoder (masked LM)" in result.err
+    report = json.loads(cli("eval", run, "--json").out)
+    assert 0 <= report["masked_accuracy"] <= 1 and report["masked_tokens"] > 10_000
+
+
+def test_pooled_classifier_ignores_padding():
+    from llmkit.config import ModelConfig
+    from llmkit.models.encoder import PooledClassifier
+
+    torch.manual_seed(0)
+    config = ModelConfig(name="encoder", vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    model = PooledClassifier(config, n_classes=3).eval()
+    ids, mask = torch.randint(20, (2, 8)), torch.arange(8)[None].expand(2, 8) < 5
+    other = ids.clone()
+    other[:, 5:] = 0
+    assert model(ids, mask).shape == (2, 3)
+    torch.testing.assert_close(model(ids, mask), model(other, mask))
 
 
 def test_recipe_pairs_model_and_data():

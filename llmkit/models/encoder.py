@@ -9,6 +9,9 @@ pooled over the real tokens give one vector per sequence, which a classification
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from llmkit.config import ModelConfig
 
 from llmkit.models.gpt import GPT
 
@@ -23,3 +26,16 @@ class Encoder(GPT):
             return h.mean(dim=1)
         weights = mask.to(h.dtype)[..., None]  # (B, T, 1)
         return (h * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class PooledClassifier(nn.Module):
+    """An encoder with a classification head on its pooled output: (B, T) ids -> (B, n_classes)
+    logits. Finetuning starts it from a masked-LM run's encoder weights."""
+
+    def __init__(self, config: ModelConfig, n_classes: int):
+        super().__init__()
+        self.encoder = Encoder(config)
+        self.head = nn.Linear(config.n_embd, n_classes)
+
+    def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encoder.pool(idx, mask))
