@@ -129,7 +129,10 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 12
+    batch_size: int = 12  # sequences per optimizer step, over all processes and micro-batches
+    # Sequences per forward pass on each process; batch_size / (micro_batch_size x processes)
+    # micro-batches are accumulated into one step. None: the whole batch at once.
+    micro_batch_size: int | None = None
     max_steps: int = 2000
     lr: float = 1e-3  # peak learning rate, reached after warmup
     min_lr: float = 1e-4  # cosine decay ends here at max_steps
@@ -144,9 +147,20 @@ class TrainConfig:
     sample_tokens: int = 200  # length of the sample printed when training ends; 0 for none
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 adds loss scaling
+    compile: bool = False  # torch.compile the model (slow first step, faster after, on GPUs)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more time
+    # Under torchrun: ddp replicates the model on every process; fsdp shards weights, gradients
+    # and optimizer state across them (for models that do not fit one device).
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
+            problems.append(f"micro_batch_size: must be between 1 and batch_size={self.batch_size}, "
+                            f"got {self.micro_batch_size}")
+        elif self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            problems.append(f"micro_batch_size: {self.micro_batch_size} does not divide batch_size={self.batch_size}")
         for name in ("batch_size", "max_steps", "eval_interval", "eval_steps", "log_interval"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")

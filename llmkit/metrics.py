@@ -1,20 +1,39 @@
-"""metrics.jsonl: one JSON object per line, appended as training goes (`kind` is train or eval)."""
+"""metrics.jsonl: one JSON object per line, appended as training goes (`kind` is train or eval);
+mirrored as TensorBoard events in <run>/tensorboard/ when the `tensorboard` package is installed
+(`tensorboard --logdir runs`)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 from llmkit.atomic import atomic_write_text
 
+TENSORBOARD_DIR = "tensorboard"
+
 
 class MetricsLog:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tensorboard: bool = False):
         self.path = Path(path)
+        self._writer = None
+        self._tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
 
     def write(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        if self._tensorboard:
+            self._write_events(record)
+
+    def _write_events(self, record: dict) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.path.parent / TENSORBOARD_DIR))
+        for key, value in record.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)):
+                self._writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+        self._writer.flush()
 
     def read(self) -> list[dict]:
         if not self.path.is_file():

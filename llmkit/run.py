@@ -3,6 +3,8 @@
     runs/<name>/recipe.yaml     the resolved recipe (every default filled in)
     runs/<name>/tokenizer.json  the tokenizer the model was trained with
     runs/<name>/metrics.jsonl   one JSON object per logged step or evaluation
+    runs/<name>/loss.png        train and val loss curves, redrawn at each evaluation
+    runs/<name>/tensorboard/    the same metrics as TensorBoard events (when tensorboard is installed)
     runs/<name>/latest.pt       the newest checkpoint, with optimizer and RNG state for --resume
     runs/<name>/best.pt         the weights with the lowest validation loss so far
 """
@@ -22,7 +24,7 @@ from llmkit.errors import LlmkitError
 from llmkit.models import build_model
 from llmkit.tokenizer import Tokenizer, tokenizer_from_dict
 
-RECIPE, TOKENIZER, METRICS = "recipe.yaml", "tokenizer.json", "metrics.jsonl"
+RECIPE, TOKENIZER, METRICS, LOSS_PLOT = "recipe.yaml", "tokenizer.json", "metrics.jsonl", "loss.png"
 LATEST, BEST = "latest.pt", "best.pt"
 
 

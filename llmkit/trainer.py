@@ -1,7 +1,8 @@
 """The training loop.
 
 Each step asks the task (llmkit/tasks/) for a batch and its loss — next-token prediction for
-decoders, masked tokens for the encoder, translation for seq2seq — backpropagates, clips the global gradient norm and takes an AdamW step at the
+decoders, masked tokens for the encoder, translation for seq2seq — backpropagates (in micro-batches
+when the batch is too big for one pass, on several processes under torchrun), clips the global gradient norm and takes an AdamW step at the
 scheduled learning rate. Every `eval_interval` steps it estimates train and val loss and writes
 latest.pt (and best.pt when val improves), atomically. Ctrl-C (or SIGTERM) lets the current step
 finish, writes latest.pt and exits; `llmkit train RECIPE --resume` continues from it exactly:
@@ -10,6 +11,7 @@ weights, optimizer moments, step, and every random number generator come back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -23,16 +25,24 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_model_state_dict,
+                                                     set_optimizer_state_dict)
+from torch.nn.parallel import DistributedDataParallel
 
+from llmkit import precision
 from llmkit.atomic import atomic_write_text
-from llmkit.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from llmkit.checkpoint import load_checkpoint, save_checkpoint
 from llmkit.config import Recipe, TrainConfig, recipe_to_yaml
 from llmkit.console import console, say
 from llmkit.device import resolve_device
+from llmkit.distributed import Distributed, device_for, from_environment, shutdown, wrap
 from llmkit.errors import RUN_FAILED, LlmkitError
 from llmkit.metrics import MetricsLog
 from llmkit.models import build_model, count_parameters, describe
-from llmkit.run import BEST, LATEST, METRICS, RECIPE, TOKENIZER
+from llmkit.planner import flops_per_token, peak_flops
+from llmkit.plots import plot_losses
+from llmkit.run import BEST, LATEST, LOSS_PLOT, METRICS, RECIPE, TOKENIZER
 from llmkit.schedule import learning_rate
 from llmkit.tasks import Task, check_tokenizer, estimate, make_task, to_device
 from llmkit.tokenizer import save_tokenizer
@@ -104,24 +114,39 @@ class _StopRequest:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, task: Task, device: torch.device):
-        self.recipe, self.task, self.device = recipe, task, device
-        self.train_cfg = recipe.train
+    def __init__(self, recipe: Recipe, task: Task, device: torch.device, setup: Distributed = Distributed()):
+        self.recipe, self.task, self.device, self.setup = recipe, task, device, setup
+        cfg = self.train_cfg = recipe.train
         self.run_dir = recipe.run_dir
+        precision.check(cfg.precision, device)
+        self.accum_steps = accumulation_steps(cfg, setup.world)
         task.describe()  # checks that both splits can be read, before any model is built
-        torch.manual_seed(self.train_cfg.seed)
-        self.model = build_model(recipe.model).to(device)
-        self.optimizer = make_optimizer(self.model, self.train_cfg, device)
-        self.sampler = torch.Generator().manual_seed(self.train_cfg.seed)  # batch positions
+        torch.manual_seed(cfg.seed)
+        self.raw_model = build_model(recipe.model).to(device)  # the bare module, for sampling
+        self.raw_model.grad_checkpointing = cfg.grad_checkpointing
+        model = wrap(self.raw_model, setup, device)  # DDP or FSDP under torchrun
+        self.model = torch.compile(model) if cfg.compile else model
+        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.scaler = precision.grad_scaler(cfg.precision, device)
+        self.sampler = torch.Generator().manual_seed(cfg.seed)  # batch positions
         self.state = RunState()
-        self.metrics = MetricsLog(self.run_dir / METRICS)
+        self.metrics = MetricsLog(self.run_dir / METRICS, tensorboard=setup.is_main) if setup.is_main else None
+        peak = peak_flops(device, cfg.precision)
+        self.flops_per_s_at_peak = peak  # None when this device's peak is not known
+        self.flops_per_token = flops_per_token(recipe.model) if peak else None
+
+    def autocast(self):
+        return precision.autocast(self.train_cfg.precision, self.device)
 
     # --- checkpoints --------------------------------------------------------------------------
 
     def _checkpoint(self, full: bool) -> dict:
+        """Every process calls this (with FSDP, gathering the full weights is a collective);
+        names come out free of wrapper prefixes (`module.`, `_orig_mod.`)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=self.setup.enabled)
         checkpoint = {
             "model_config": dataclasses.asdict(self.recipe.model),
-            "model": unwrap(self.model).state_dict(),
+            "model": get_model_state_dict(self.model, options=options),
             "tokenizer": self.task.tokenizer.to_dict(),
             "tokenizer_identity": self.task.identity,
             "data": self.task.data_info,
@@ -129,14 +154,19 @@ class Trainer:
             **dataclasses.asdict(self.state),
         }
         if full:
-            checkpoint["optimizer"] = self.optimizer.state_dict()
+            checkpoint["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=options)
+            checkpoint["scaler"] = self.scaler.state_dict()
             checkpoint["rng"] = _rng_states(self.sampler)
         return checkpoint
 
     def save(self, best: bool = False) -> None:
         if best:
-            save_checkpoint(self.run_dir / BEST, self._checkpoint(full=False))
-        save_checkpoint(self.run_dir / LATEST, self._checkpoint(full=True))
+            checkpoint = self._checkpoint(full=False)
+            if self.setup.is_main:
+                save_checkpoint(self.run_dir / BEST, checkpoint)
+        checkpoint = self._checkpoint(full=True)
+        if self.setup.is_main:
+            save_checkpoint(self.run_dir / LATEST, checkpoint)
 
     def resume(self) -> None:
         path = self.run_dir / LATEST
@@ -148,37 +178,54 @@ class Trainer:
             raise LlmkitError(f"the recipe's model differs from the checkpoint {path}: {'; '.join(changed)}",
                               hint="a run resumes with the model it was saved with; undo the change "
                               "or start a new run with --overwrite or out_dir=...")
-        self.model.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        options = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.model, checkpoint["model"], options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
+        self.scaler.load_state_dict(checkpoint["scaler"])
         _restore_rng(checkpoint["rng"], self.sampler)
         self.state = RunState(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed_s"])
-        self.metrics.keep_until(self.state.step)
+        if self.metrics is not None:
+            self.metrics.keep_until(self.state.step)
 
     # --- the loop -----------------------------------------------------------------------------
 
     def evaluate(self) -> dict:
         cfg = self.train_cfg
         args = (self.task, self.model)
+        kwargs = {"setup": self.setup, "autocast": self.autocast()}
         losses = {
-            "train_loss": estimate(*args, "train", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 1),
-            "val_loss": estimate(*args, "val", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 2),
+            "train_loss": estimate(*args, "train", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 1, **kwargs),
+            "val_loss": estimate(*args, "val", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 2, **kwargs),
         }
-        record = {"kind": "eval", "step": self.state.step, **losses, "elapsed_s": round(self.state.elapsed_s, 2)}
-        self.metrics.write(record)
-        return record
+        return {"kind": "eval", "step": self.state.step, **losses, "elapsed_s": round(self.state.elapsed_s, 2)}
+
+    def _no_sync(self, last: bool):
+        """DDP averages gradients during every backward; between the micro-batches of one step
+        that work is wasted, so it is skipped until the last."""
+        ddp = getattr(self.model, "_orig_mod", self.model)
+        return ddp.no_sync() if not last and isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext()
 
     def train_step(self) -> tuple[float, float]:
         cfg = self.train_cfg
         lr = learning_rate(self.state.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = to_device(self.task.batch("train", cfg.batch_size, self.sampler), self.device)
-        loss = self.task.loss(self.model, batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        loss_value = loss.item()
+        # The same global batch on every process (same sampler seed); each keeps its own rows and
+        # splits them into micro-batches.
+        rows = self.setup.rows(self.task.batch("train", cfg.batch_size, self.sampler))
+        micro_batches = list(zip(*(t.chunk(self.accum_steps) for t in rows)))
+        targets = self.setup.sum(torch.tensor(sum(self.task.count(m) for m in micro_batches), device=self.device))
+        # Each micro-batch contributes its summed loss / all targets of the step, so the gradient
+        # is exactly the big batch's mean-loss gradient; DDP and FSDP average over processes,
+        # hence the factor `world`.
+        scale = self.setup.world / targets
+        summed = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, part in enumerate(micro_batches):
+            with self._no_sync(last=i == len(micro_batches) - 1), self.autocast():
+                loss = self.task.loss(self.model, to_device(part, self.device))
+            self.scaler.scale(loss * scale).backward()
+            summed += loss.detach().double()
+        loss_value = (self.setup.sum(summed) / targets).item()
         if not math.isfinite(loss_value):
             raise LlmkitError(
                 f"the loss became {loss_value} at step {self.state.step + 1}: training diverged",
@@ -186,9 +233,25 @@ class Trainer:
                 "or raise train.warmup_steps, then --resume",
                 exit_code=RUN_FAILED,
             )
-        self.optimizer.step()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
         return loss_value, grad_norm
+
+    def _stop_agreed(self, requested: bool) -> bool:
+        """Under torchrun every process must stop after the same step (a signal reaches them at
+        slightly different times), so the request is shared."""
+        if not self.setup.enabled:
+            return requested
+        return bool(self.setup.sum(torch.tensor(int(requested), device=self.device)).item())
+
+    def _log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.write(record)
 
     def fit(self) -> None:
         cfg = self.train_cfg
@@ -196,13 +259,15 @@ class Trainer:
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"))
         started, elapsed_before = time.perf_counter(), self.state.elapsed_s
-        with Progress(*columns, console=console) as progress, _StopRequest() as stop:
+        stopping = False
+        with Progress(*columns, console=console, disable=not self.setup.is_main) as progress, _StopRequest() as stop:
             task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step,
                                      loss=math.nan, tps=0)
             # tokens/s is measured over the steps since the last log line or evaluation.
             window_start, window_steps = time.perf_counter(), 0
-            while self.state.step < cfg.max_steps and not stop.requested:
+            while self.state.step < cfg.max_steps and not stopping:
                 loss, grad_norm = self.train_step()
+                stopping = self._stop_agreed(stop.requested)
                 now = time.perf_counter()
                 self.state.elapsed_s = elapsed_before + now - started
                 window_steps += 1
@@ -210,32 +275,51 @@ class Trainer:
                 progress.update(task, completed=self.state.step, loss=loss, tps=tokens_per_s)
                 step = self.state.step
                 if step % cfg.log_interval == 0:
-                    self.metrics.write({"kind": "train", "step": step, "loss": loss,
-                                        "lr": learning_rate(step - 1, cfg), "grad_norm": grad_norm,
-                                        "tokens_per_s": round(tokens_per_s, 1),
-                                        "elapsed_s": round(self.state.elapsed_s, 2)})
+                    record = {"kind": "train", "step": step, "loss": loss, "lr": learning_rate(step - 1, cfg),
+                              "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 1),
+                              "elapsed_s": round(self.state.elapsed_s, 2)}
+                    if self.flops_per_token:
+                        record["mfu"] = round(tokens_per_s * self.flops_per_token / self.flops_per_s_at_peak, 4)
+                    self._log(record)
                     window_start, window_steps = time.perf_counter(), 0
                 if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                     record = self.evaluate()
+                    self._log(record)
                     best = record["val_loss"] < self.state.best_val_loss
                     self.state.best_val_loss = min(self.state.best_val_loss, record["val_loss"])
                     self.save(best=best)
-                    progress.console.print(
-                        f"step {step:>6}: train loss {record['train_loss']:.4f}, val loss "
-                        f"{record['val_loss']:.4f}{'  (best)' if best else ''}  [{record['elapsed_s']:.0f} s]",
-                        markup=False)
+                    if self.metrics is not None:
+                        plot_losses(self.metrics.read(), self.run_dir / LOSS_PLOT, self.recipe.name)
+                    if self.setup.is_main:
+                        progress.console.print(
+                            f"step {step:>6}: train loss {record['train_loss']:.4f}, val loss "
+                            f"{record['val_loss']:.4f}{'  (best)' if best else ''}  [{record['elapsed_s']:.0f} s]",
+                            markup=False)
                     window_start, window_steps = time.perf_counter(), 0
-        if stop.requested and self.state.step < cfg.max_steps:
+        if stopping and self.state.step < cfg.max_steps:
             self.save()
             raise LlmkitError(f"stopped at step {self.state.step}; {self.run_dir / LATEST} is saved",
                               hint="continue with the same command and --resume", exit_code=INTERRUPTED)
 
     def sample(self, tokens: int) -> str:
         generator = torch.Generator(self.device).manual_seed(self.train_cfg.seed)
-        self.model.eval()
-        text = self.task.sample(self.model, self.device, generator, tokens)
-        self.model.train()
+        self.raw_model.eval()
+        text = self.task.sample(self.raw_model, self.device, generator, tokens)
+        self.raw_model.train()
         return text
+
+
+def accumulation_steps(cfg: TrainConfig, world: int) -> int:
+    """Micro-batches per process per step: batch_size = micro_batch_size x steps x processes."""
+    if cfg.batch_size % world:
+        raise LlmkitError(f"train.batch_size={cfg.batch_size} does not split over {world} processes",
+                          hint=f"use a multiple of {world}")
+    per_process = cfg.batch_size // world
+    micro = min(cfg.micro_batch_size or per_process, per_process)
+    if per_process % micro:
+        raise LlmkitError(f"each of {world} processes takes {per_process} sequences per step, which "
+                          f"train.micro_batch_size={micro} does not divide")
+    return per_process // micro
 
 
 def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
@@ -251,35 +335,55 @@ def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run (or resume) the training a recipe describes; returns the run directory."""
-    device = resolve_device(recipe.train.device)
+    """Run (or resume) the training a recipe describes; returns the run directory. Under torchrun,
+    every process calls this; rank 0 alone prepares data, writes files and prints."""
+    setup = from_environment(recipe.train.device, recipe.train.distributed)
+    console.quiet = not setup.is_main
+    try:
+        return _train(recipe, resume, overwrite, setup)
+    finally:
+        console.quiet = False
+        shutdown(setup)
+
+
+def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed) -> Path:
+    device = device_for(setup, resolve_device(recipe.train.device))
     _check_run_dir(recipe, resume, overwrite)
+    if not setup.is_main:
+        setup.barrier()  # rank 0 downloads and tokenizes first
     task = make_task(recipe)
+    if setup.is_main:
+        setup.barrier()
     vocab_size = recipe.model.vocab_size or task.vocab_size
     if vocab_size < task.vocab_size:
         raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the task's {task.vocab_size} "
                           "tokens (the tokenizer's, plus any special tokens)")
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab_size))
-    trainer = Trainer(recipe, task, device)
+    trainer = Trainer(recipe, task, device, setup)
     if resume:
         trainer.resume()
-    else:
+    elif setup.is_main:
         # Only now, with data and model in hand, is an overwritten run's history dropped.
-        (recipe.run_dir / BEST).unlink(missing_ok=True)
-        (recipe.run_dir / METRICS).unlink(missing_ok=True)
-    recipe.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(recipe.run_dir / RECIPE, recipe_to_yaml(recipe))
-    save_tokenizer(task.tokenizer, recipe.run_dir / TOKENIZER)
+        for name in (BEST, METRICS, LOSS_PLOT):
+            (recipe.run_dir / name).unlink(missing_ok=True)
+    if setup.is_main:
+        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(recipe.run_dir / RECIPE, recipe_to_yaml(recipe))
+        save_tokenizer(task.tokenizer, recipe.run_dir / TOKENIZER)
 
     m, t = recipe.model, recipe.train
-    say(f"model {m.name}: {count_parameters(trainer.model):,} parameters ({describe(m)})")
+    say(f"model {m.name}: {count_parameters(trainer.raw_model):,} parameters ({describe(m)})")
     say(task.describe())
+    micro = f" ({trainer.accum_steps} micro-batches)" if trainer.accum_steps > 1 else ""
+    procs = f" over {setup.world} processes ({setup.kind})" if setup.enabled else ""
     say(f"{'resuming at step ' + str(trainer.state.step) + ' of' if resume else 'training for'} "
-        f"{t.max_steps} steps of {t.batch_size} x {m.block_size} tokens on {device}; run directory {recipe.run_dir}")
+        f"{t.max_steps} steps of {t.batch_size} x {m.block_size} tokens{micro} on {device}{procs}, "
+        f"{t.precision}; run directory {recipe.run_dir}")
     trainer.fit()
     state = trainer.state
     say(f"done: {state.step} steps in {state.elapsed_s:.0f} s; best val loss {state.best_val_loss:.4f}")
-    if t.sample_tokens:
+    # Under FSDP no single process holds the whole model, so there is no sample.
+    if t.sample_tokens and setup.is_main and not (setup.enabled and setup.kind == "fsdp"):
         console.rule("sample", style="dim")
         say(trainer.sample(t.sample_tokens))
         console.rule(style="dim")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
 from llmkit.models.attention import Attention
@@ -35,3 +36,16 @@ class Block(nn.Module):
         if context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return x + self.mlp(self.norm_2(x))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, *args) -> torch.Tensor:
+    """Apply the blocks in order. With `checkpointing` (train.grad_checkpointing), each block's
+    inner activations are not kept for backward but recomputed from its input when needed: memory
+    for activations falls from every sublayer's to one tensor per block, for about a third more
+    compute."""
+    for block in blocks:
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, *args, use_reentrant=False)
+        else:
+            x = block(x, *args)
+    return x

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.block import Block
+from llmkit.models.block import Block, run_blocks
 from llmkit.models.embedding import Embeddings
 from llmkit.models.init import init_weights
 from llmkit.models.norms import make_norm
@@ -34,17 +34,15 @@ class Seq2Seq(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.wte.weight
         init_weights(self, 2 * config.n_layer)
+        self.grad_checkpointing = False  # set by the trainer (train.grad_checkpointing)
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(src)  # (B, S, C)
-        for block in self.encoder:
-            x = block(x, src_mask)
+        x = run_blocks(self.encoder, self.embed(src), self.grad_checkpointing, src_mask)  # (B, S, C)
         return self.norm_enc(x)
 
     def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(tgt)  # (B, T, C); target padding sits after <eos>, so the causal mask suffices
-        for block in self.decoder:
-            x = block(x, context=memory, context_mask=src_mask)
+        # Target padding sits after <eos>, so the causal mask suffices: no target mask (None).
+        x = run_blocks(self.decoder, self.embed(tgt), self.grad_checkpointing, None, memory, src_mask)
         return self.lm_head(self.norm_f(x))  # (B, T, vocab)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:

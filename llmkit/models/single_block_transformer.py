@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.block import Block
+from llmkit.models.block import Block, run_blocks
 from llmkit.models.embedding import Embeddings
 from llmkit.models.norms import make_norm
 
@@ -28,12 +28,11 @@ class SingleBlockTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, causal=self.causal) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
+        self.grad_checkpointing = False  # set by the trainer (train.grad_checkpointing)
 
     def hidden(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens."""
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x, mask)
+        x = run_blocks(self.blocks, self.embed(idx), self.grad_checkpointing, mask)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -8,6 +8,7 @@ The trainer only knows the Task interface below; the model's kind picks the task
 
 from __future__ import annotations
 
+import contextlib
 from typing import Protocol
 
 import torch
@@ -30,7 +31,11 @@ class Task(Protocol):
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch: ...
 
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The loss summed over the batch's targets (divide by `count` for the mean)."""
+
+    def count(self, batch: Batch) -> int:
+        """How many targets the batch's loss sums over."""
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict: ...
 
@@ -72,13 +77,22 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 @torch.no_grad()
 def estimate(task: Task, model: nn.Module, split: str, batch_size: int, steps: int,
-             device: torch.device, seed: int) -> float:
-    """Mean loss over `steps` random batches; the same batches every call (fixed seed), so the
-    periodic estimates during training are comparable with each other."""
+             device: torch.device, seed: int, setup=None, autocast=None) -> float:
+    """Mean loss per target over `steps` random batches; the same batches every call (fixed
+    seed), so the periodic estimates during training are comparable with each other. Under
+    torchrun each process scores its rows of each batch and the sums are added up."""
     generator = torch.Generator().manual_seed(seed)
     was_training = model.training
     model.eval()
-    total = sum(task.loss(model, to_device(task.batch(split, batch_size, generator), device)).item()
-                for _ in range(steps))
+    nats, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    for _ in range(steps):
+        batch = task.batch(split, batch_size, generator)
+        batch = setup.rows(batch) if setup is not None else batch
+        with autocast or contextlib.nullcontext():
+            nats += task.loss(model, to_device(batch, device)).double()
+        count += task.count(batch)
     model.train(was_training)
-    return total / steps
+    if setup is not None:
+        nats = setup.sum(nats)
+        count = int(setup.sum(torch.tensor(count, device=device)))
+    return nats.item() / count

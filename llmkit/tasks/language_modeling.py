@@ -68,7 +68,10 @@ class LanguageModeling:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
-        return lm_loss(model(x), y)
+        return lm_loss(model(x), y, reduction="sum")
+
+    def count(self, batch) -> int:
+        return int((batch[1] != -100).sum())
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict:
         return evaluate_split(model, self.stream(split), self.tokenizer, self.block_size, batch_size, device)

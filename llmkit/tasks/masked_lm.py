@@ -48,7 +48,11 @@ class MaskedLM(LanguageModeling):
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         inputs, targets = batch
         logits = model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+
+    def count(self, batch) -> int:
+        return int((batch[1] != IGNORE).sum())
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict:

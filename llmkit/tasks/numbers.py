@@ -110,7 +110,11 @@ class NumbersToWords:
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         src, src_mask, tgt_in, tgt_out = batch
         logits = model(src, tgt_in, src_mask)  # (B, T, V), teacher forcing
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=IGNORE)
+        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=IGNORE,
+                               reduction="sum")
+
+    def count(self, batch) -> int:
+        return int((batch[3] != IGNORE).sum())
 
     @torch.no_grad()
     def translate(self, model: nn.Module, numbers: list[int], device: torch.device, beam: int = 1) -> list[str]:

@@ -1,0 +1,267 @@
+"""Before a run: what will it cost? `llmkit train RECIPE --dry-run` prints this plan.
+
+- FLOPs per token, for training: 6 per matmul weight (2 forward, 4 backward: a multiply and an add
+  for each input gradient and weight gradient) plus attention's own matmuls, 12 x n_layer x T x C
+  (q.k^T and weights.v, forward and backward, over the full context as PaLM's appendix counts).
+- Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each (16 in all);
+  activations are what autograd saves for backward. They are counted exactly by running the model
+  once on PyTorch's `meta` device (shapes, no data) and adding up the tensors autograd keeps.
+- Step time: the FLOPs of a step divided by this device's matmul speed at the model's shapes is a
+  floor; small models spend most of their time elsewhere (elementwise kernels, memory traffic,
+  operator overhead), so the estimate times one forward and backward pass of a real micro-batch
+  here and multiplies by the accumulation steps (the optimizer step is not included).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llmkit.config import ModelConfig, Recipe
+
+# Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
+PEAK_FLOPS_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
+                    "L40S": 362e12, "B200": 2250e12}
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's peak for this precision, when known (CUDA data-center GPUs, 16-bit)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_FLOPS_16BIT.items() if key in name), None)
+
+
+def _meta_model(config: ModelConfig) -> nn.Module:
+    from llmkit.models import build_model
+
+    with torch.device("meta"):
+        return build_model(config)
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Weights that multiply activations: every Linear (a tied head counts: it is a matmul)."""
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def flops_per_token(config: ModelConfig) -> float:
+    model = _meta_model(config)
+    attention = 0 if config.name == "bigram" else 12 * config.n_layer * config.block_size * config.n_embd
+    return 6 * matmul_parameters(model) + attention
+
+
+class _FusedAttentionShapes(torch.autograd.Function):
+    """Stands in for a fused attention kernel on the meta device: the output's shape, and what
+    flash attention saves for backward (q, k, v, the output, a log-sum-exp per query row)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        ctx.save_for_backward(q, k, v, out, q.new_empty(q.shape[:-1], dtype=torch.float32))
+        return out
+
+    @staticmethod
+    def apply_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, **kwargs):
+        return _FusedAttentionShapes.apply(q, k, v)
+
+
+@dataclass
+class ForwardProfile:
+    activation_bytes: int  # what autograd saves for backward (fp32)
+    ops: int  # PyTorch operator calls in one forward pass
+
+
+def profile_forward(config: ModelConfig, batch_size: int, grad_checkpointing: bool = False) -> ForwardProfile:
+    """Run one forward pass of `batch_size` windows on the meta device (shapes only, no data):
+    count every saved tensor's storage once (parameters excluded) and every operator call."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountOps(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountOps.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    model = _meta_model(config)
+    model.grad_checkpointing = grad_checkpointing
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    ids = torch.zeros(batch_size, config.block_size, dtype=torch.long, device="meta")
+    # On the meta device PyTorch picks its math attention, which keeps the (T, T) weights; the
+    # fused kernels used on real devices keep only the output and a log-sum-exp per row.
+    fused = mock.patch.object(F, "scaled_dot_product_attention", _FusedAttentionShapes.apply_sdpa)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CountOps(), fused:
+        logits = model(ids, ids) if config.name == "seq2seq" else model(ids)
+        F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+    return ForwardProfile(sum(saved.values()), CountOps.calls)
+
+
+def matmul_flops(device: torch.device, rows: int, n_embd: int, precision: str) -> float:
+    """FLOP/s of (rows x C) @ (C x 4C), the MLP's shape, on this device: the best of 5 runs
+    (at most 8,192 rows: enough to reach full speed, small enough to fit anywhere)."""
+    rows = min(rows, 8192)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a = torch.randn(rows, n_embd, device=device, dtype=dtype)
+    b = torch.randn(n_embd, 4 * n_embd, device=device, dtype=dtype)
+    return 2 * rows * n_embd * 4 * n_embd / _timed(lambda: a @ b, device)
+
+
+def _timed(fn, device: torch.device, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def time_micro_batch(recipe: Recipe, device: torch.device, micro: int) -> float:
+    """Seconds for one forward and backward pass of a micro-batch of random ids, timed on this
+    device with the recipe's model and precision (the fastest of 3, after one warm-up pass)."""
+    from llmkit import precision
+    from llmkit.models import build_model
+
+    m = recipe.model
+    model = build_model(m).to(device)
+    model.grad_checkpointing = recipe.train.grad_checkpointing
+    ids = torch.randint(m.vocab_size, (micro, m.block_size), device=device)
+
+    def step() -> None:
+        with precision.autocast(recipe.train.precision, device):
+            logits = model(ids, ids) if m.name == "seq2seq" else model(ids)
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+        loss.backward()
+
+    step()
+    return _timed(step, device, repeats=3)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes free for a new run: free GPU memory, or the RAM the kernel reports available."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class Plan:
+    parameters: int
+    flops_per_token: float
+    tokens_per_step: int
+    micro_batch: int  # sequences per forward pass
+    weights: int  # bytes
+    gradients: int
+    optimizer: int
+    activations: int
+    floor_seconds: float  # the step's FLOPs at this device's matmul speed: a lower bound
+    step_seconds: float | None  # one micro-batch timed here x accumulation steps (None if it cannot fit)
+    available: int | None
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    @property
+    def fits(self) -> bool:
+        return self.available is None or self.total <= self.available
+
+
+def plan(recipe: Recipe, device: torch.device, world: int = 1) -> Plan:
+    from llmkit.models import count_parameters
+
+    m, t = recipe.model, recipe.train
+    params = count_parameters(_meta_model(m))
+    per_process = t.batch_size // world
+    micro = min(t.micro_batch_size or per_process, per_process)
+    profile = profile_forward(m, micro, t.grad_checkpointing)
+    activations = profile.activation_bytes
+    if t.precision != "fp32":
+        activations //= 2  # matmul outputs are 16-bit under autocast (norms and the loss stay fp32)
+    shard = world if t.distributed == "fsdp" else 1  # FSDP splits weights, gradients, optimizer
+    accum = per_process // micro
+    flops = flops_per_token(m) * per_process * m.block_size
+    floor = flops / matmul_flops(device, micro * m.block_size, m.n_embd, t.precision)
+    result = Plan(params, flops_per_token(m), t.batch_size * m.block_size, micro, 4 * params // shard,
+                  4 * params // shard, 8 * params // shard, activations, floor, None, device_memory(device))
+    if result.fits:
+        # The FLOP count gives a floor; what small models actually take is dominated by everything
+        # else (elementwise kernels, memory traffic, per-operator overhead), so time the real thing.
+        result.step_seconds = accum * time_micro_batch(recipe, device, micro)
+    return result
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n}"
+
+
+def describe_plan(p: Plan, recipe: Recipe, device: torch.device) -> list[str]:
+    t = recipe.train
+    lines = [
+        f"parameters        {p.parameters:,}",
+        f"FLOPs per token   {p.flops_per_token / 1e6:,.2f} M (training: forward and backward)",
+        f"tokens per step   {p.tokens_per_step:,} ({t.batch_size} x {recipe.model.block_size}; "
+        f"micro-batch {p.micro_batch})",
+        f"memory            weights {_size(p.weights)}, gradients {_size(p.gradients)}, "
+        f"AdamW {_size(p.optimizer)}, activations {_size(p.activations)} -> {_size(p.total)}",
+        f"device            {device}, {_size(p.available) + ' available' if p.available else 'free memory unknown'}",
+        f"compute floor     {p.floor_seconds * 1000:,.1f} ms per step (the FLOPs at this device's matmul speed)",
+    ]
+    if p.step_seconds is not None:
+        lines.append(f"step time         about {p.step_seconds * 1000:,.0f} ms, forward and backward "
+                     f"timed here ({p.tokens_per_step / p.step_seconds:,.0f} tokens/s); {t.max_steps:,} steps: "
+                     f"about {p.step_seconds * t.max_steps / 60:,.1f} min")
+    return lines
+
+
+def dry_run(recipe: Recipe) -> int:
+    """`llmkit train RECIPE --dry-run`: prepare the data (for the vocabulary), print the plan,
+    warn when it will not fit; the exit code is 0, or 1 when it will not fit."""
+    import dataclasses
+    import os
+
+    from llmkit.console import say
+    from llmkit.device import resolve_device
+    from llmkit.tasks import make_task
+
+    device = resolve_device(recipe.train.device)
+    vocab = recipe.model.vocab_size or make_task(recipe).vocab_size
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    result = plan(recipe, device, world)
+    print(f"plan for {recipe.name}: {recipe.model.name}, {recipe.train.precision}"
+          + (f", {world} processes ({recipe.train.distributed})" if world > 1 else ""))
+    for line in describe_plan(result, recipe, device):
+        print("  " + line)
+    if not result.fits:
+        say(f"warning: about {_size(result.total)} needed but {_size(result.available)} "
+            f"available on {device}: lower train.micro_batch_size (gradient accumulation keeps the "
+            "batch), set train.grad_checkpointing=true, use bf16, or shard with FSDP")
+        return 1
+    return 0
