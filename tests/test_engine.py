@@ -14,7 +14,7 @@ import torch
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import ModelConfig, load_recipe
-from llmkit.errors import RUN_FAILED, LlmkitError
+from llmkit.errors import RUN_FAILED
 from llmkit.metrics import MetricsLog
 from llmkit.models import build_model
 from llmkit.trainer import train

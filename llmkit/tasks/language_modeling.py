@@ -10,18 +10,19 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llmkit.batches import random_batch, sequential_batches
+from llmkit.cross_entropy import cross_entropy
 from llmkit.errors import LlmkitError
 from llmkit.shards import ShardSet, TokenStream
 from llmkit.tokenizer import Tokenizer
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of (B, T, V) logits against (B, T) target ids; targets of -100 are ignored."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
+    """Cross-entropy of (B, T, V) logits against (B, T) target ids; targets of -100 are ignored.
+    Computed in fp32 whatever the logits' dtype; backward overwrites the logits (cross_entropy.py)."""
+    return cross_entropy(logits, targets, reduction)
 
 
 @torch.no_grad()

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmkit.cross_entropy import IGNORE, cross_entropy
 from llmkit.shards import ShardSet
 from llmkit.tasks.language_modeling import LanguageModeling
 
-MASK_RATE, IGNORE = 0.15, -100
+MASK_RATE = 0.15
 
 
 def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: torch.Generator,
@@ -48,8 +49,7 @@ class MaskedLM(LanguageModeling):
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         inputs, targets = batch
         logits = model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
-                               reduction="sum")
+        return cross_entropy(logits, targets, reduction="sum")  # IGNORE targets do not count
 
     def count(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())

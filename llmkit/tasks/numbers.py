@@ -15,9 +15,9 @@ from __future__ import annotations
 import random
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from llmkit.cross_entropy import IGNORE, cross_entropy
 from llmkit.errors import LlmkitError
 from llmkit.tokenizer import WordTokenizer, identity
 
@@ -27,7 +27,6 @@ ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", 
 TENS = ["twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 LIMIT, HELD_OUT = 1_000_000, 1000
-IGNORE = -100
 
 
 def number_words(n: int) -> str:
@@ -110,8 +109,7 @@ class NumbersToWords:
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         src, src_mask, tgt_in, tgt_out = batch
         logits = model(src, tgt_in, src_mask)  # (B, T, V), teacher forcing
-        return F.cross_entropy(logits.flatten(0, 1).float(), tgt_out.flatten(), ignore_index=IGNORE,
-                               reduction="sum")
+        return cross_entropy(logits, tgt_out, reduction="sum")  # IGNORE (padding) does not count
 
     def count(self, batch) -> int:
         return int((batch[3] != IGNORE).sum())
