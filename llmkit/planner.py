@@ -4,16 +4,20 @@
   for each input gradient and weight gradient) plus attention's own matmuls, 12 x n_layer x T x C
   (q.k^T and weights.v, forward and backward, over the full context as PaLM's appendix counts).
 - Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each (16 in all);
-  activations are what autograd saves for backward. They are counted exactly by running the model
-  once on PyTorch's `meta` device (shapes, no data) and adding up the tensors autograd keeps.
+  activations are what autograd saves for backward. They are counted exactly by running the model once on fake tensors (shapes and dtypes, no data)
+  under the run's autocast. Backward needs room on top of them: while it works through a block,
+  that block's activation gradients live beside the saved tensors, so the plan adds one block's
+  activations (two with gradient checkpointing, which recomputes the block first). Measured
+  against real runs in docs/benchmarks.md (scripts/bench_planner.py).
 - Step time: the FLOPs of a step divided by this device's matmul speed at the model's shapes is a
   floor; small models spend most of their time elsewhere (elementwise kernels, memory traffic,
   operator overhead), so the estimate times one forward and backward pass of a real micro-batch
-  here and multiplies by the accumulation steps (the optimizer step is not included).
+  here, multiplies by the accumulation steps and adds a timed clip and AdamW step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from unittest import mock
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig, Recipe
+from llmkit.cross_entropy import cross_entropy
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
 PEAK_FLOPS_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
@@ -76,10 +81,16 @@ class ForwardProfile:
     ops: int  # PyTorch operator calls in one forward pass
 
 
-def profile_forward(config: ModelConfig, batch_size: int, grad_checkpointing: bool = False) -> ForwardProfile:
-    """Run one forward pass of `batch_size` windows on the meta device (shapes only, no data):
-    count every saved tensor's storage once (parameters excluded) and every operator call."""
+def profile_forward(config: ModelConfig, batch_size: int, grad_checkpointing: bool = False,
+                    precision: str = "fp32") -> ForwardProfile:
+    """Run one forward pass of `batch_size` windows on fake tensors (shapes and dtypes, no data,
+    no memory), under the precision's autocast: count every tensor autograd saves for backward
+    once (parameters excluded), and every operator call."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    from llmkit import precision as mixed
+    from llmkit.models import build_model
 
     class CountOps(TorchDispatchMode):
         calls = 0
@@ -88,24 +99,27 @@ def profile_forward(config: ModelConfig, batch_size: int, grad_checkpointing: bo
             CountOps.calls += 1
             return func(*args, **(kwargs or {}))
 
-    model = _meta_model(config)
-    model.grad_checkpointing = grad_checkpointing
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
     saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage()._cdata
-        if key not in params:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
-
-    ids = torch.zeros(batch_size, config.block_size, dtype=torch.long, device="meta")
-    # On the meta device PyTorch picks its math attention, which keeps the (T, T) weights; the
-    # fused kernels used on real devices keep only the output and a log-sum-exp per row.
+    # Fake CPU tensors rather than the meta device, so that autocast applies as it will in the run.
+    # PyTorch would pick its math attention here, which keeps the (T, T) weights; the fused
+    # kernels used for real keep only the output and a log-sum-exp per row.
     fused = mock.patch.object(F, "scaled_dot_product_attention", _FusedAttentionShapes.apply_sdpa)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CountOps(), fused:
-        logits = model(ids, ids) if config.name == "seq2seq" else model(ids)
-        F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+    with FakeTensorMode():
+        model = build_model(config)
+        model.grad_checkpointing = grad_checkpointing
+        params = {p.untyped_storage()._cdata for p in model.parameters()}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            key = t.untyped_storage()._cdata
+            if key not in params:
+                saved[key] = t.untyped_storage().nbytes()
+            return t
+
+        ids = torch.zeros(batch_size, config.block_size, dtype=torch.long)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), CountOps(), fused, \
+                mixed.autocast(precision, torch.device("cpu")):
+            logits = model(ids, ids) if config.name == "seq2seq" else model(ids)
+            cross_entropy(logits, ids)
     return ForwardProfile(sum(saved.values()), CountOps.calls)
 
 
@@ -132,25 +146,33 @@ def _timed(fn, device: torch.device, repeats: int = 5) -> float:
     return best
 
 
-def time_micro_batch(recipe: Recipe, device: torch.device, micro: int) -> float:
-    """Seconds for one forward and backward pass of a micro-batch of random ids, timed on this
-    device with the recipe's model and precision (the fastest of 3, after one warm-up pass)."""
+def time_step(recipe: Recipe, device: torch.device, micro: int, accum: int) -> float:
+    """Seconds for one training step, timed on this device with the recipe's model, precision and
+    optimizer: `accum` times a forward and backward pass of a micro-batch of random ids, then
+    gradient clipping and the AdamW update (each the fastest of 3, after one warm-up)."""
     from llmkit import precision
     from llmkit.models import build_model
+    from llmkit.trainer import make_optimizer
 
     m = recipe.model
     model = build_model(m).to(device)
     model.grad_checkpointing = recipe.train.grad_checkpointing
+    optimizer = make_optimizer(model, recipe.train, device)
     ids = torch.randint(m.vocab_size, (micro, m.block_size), device=device)
 
-    def step() -> None:
+    def forward_backward() -> None:
         with precision.autocast(recipe.train.precision, device):
             logits = model(ids, ids) if m.name == "seq2seq" else model(ids)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten())
+            loss = cross_entropy(logits, ids)
         loss.backward()
 
-    step()
-    return _timed(step, device, repeats=3)
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()  # the gradients stay: the next timed update finds them again
+
+    forward_backward()
+    update()  # the first step allocates AdamW's moments
+    return accum * _timed(forward_backward, device, repeats=3) + _timed(update, device, repeats=3)
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -175,14 +197,15 @@ class Plan:
     weights: int  # bytes
     gradients: int
     optimizer: int
-    activations: int
+    activations: int  # saved for backward
+    working: int  # backward's working set: one block's worth of activations
     floor_seconds: float  # the step's FLOPs at this device's matmul speed: a lower bound
-    step_seconds: float | None  # one micro-batch timed here x accumulation steps (None if it cannot fit)
+    step_seconds: float | None  # a full step timed here (None when it cannot fit)
     available: int | None
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.working
 
     @property
     def fits(self) -> bool:
@@ -196,20 +219,25 @@ def plan(recipe: Recipe, device: torch.device, world: int = 1) -> Plan:
     params = count_parameters(_meta_model(m))
     per_process = t.batch_size // world
     micro = min(t.micro_batch_size or per_process, per_process)
-    profile = profile_forward(m, micro, t.grad_checkpointing)
+    profile = profile_forward(m, micro, t.grad_checkpointing, t.precision)
     activations = profile.activation_bytes
-    if t.precision != "fp32":
-        activations //= 2  # matmul outputs are 16-bit under autocast (norms and the loss stay fp32)
+    # One block's activations, as a block saves them without checkpointing: backward's working
+    # set; with checkpointing, the block recomputed for backward holds that much again.
+    deeper = dataclasses.replace(m, n_layer=m.n_layer + 1)
+    block = (profile_forward(deeper, micro, False, t.precision).activation_bytes
+             - profile_forward(m, micro, False, t.precision).activation_bytes)
+    working = 2 * block if t.grad_checkpointing else block
     shard = world if t.distributed == "fsdp" else 1  # FSDP splits weights, gradients, optimizer
     accum = per_process // micro
     flops = flops_per_token(m) * per_process * m.block_size
     floor = flops / matmul_flops(device, micro * m.block_size, m.n_embd, t.precision)
     result = Plan(params, flops_per_token(m), t.batch_size * m.block_size, micro, 4 * params // shard,
-                  4 * params // shard, 8 * params // shard, activations, floor, None, device_memory(device))
+                  4 * params // shard, 8 * params // shard, activations, working, floor, None,
+                  device_memory(device))
     if result.fits:
         # The FLOP count gives a floor; what small models actually take is dominated by everything
         # else (elementwise kernels, memory traffic, per-operator overhead), so time the real thing.
-        result.step_seconds = accum * time_micro_batch(recipe, device, micro)
+        result.step_seconds = time_step(recipe, device, micro, accum)
     return result
 
 
@@ -229,13 +257,14 @@ def describe_plan(p: Plan, recipe: Recipe, device: torch.device) -> list[str]:
         f"tokens per step   {p.tokens_per_step:,} ({t.batch_size} x {recipe.model.block_size}; "
         f"micro-batch {p.micro_batch})",
         f"memory            weights {_size(p.weights)}, gradients {_size(p.gradients)}, "
-        f"AdamW {_size(p.optimizer)}, activations {_size(p.activations)} -> {_size(p.total)}",
+        f"AdamW {_size(p.optimizer)}, activations {_size(p.activations)} + {_size(p.working)} for "
+        f"backward -> {_size(p.total)}",
         f"device            {device}, {_size(p.available) + ' available' if p.available else 'free memory unknown'}",
         f"compute floor     {p.floor_seconds * 1000:,.1f} ms per step (the FLOPs at this device's matmul speed)",
     ]
     if p.step_seconds is not None:
-        lines.append(f"step time         about {p.step_seconds * 1000:,.0f} ms, forward and backward "
-                     f"timed here ({p.tokens_per_step / p.step_seconds:,.0f} tokens/s); {t.max_steps:,} steps: "
+        lines.append(f"step time         about {p.step_seconds * 1000:,.0f} ms, forward, backward and "
+                     f"AdamW timed here ({p.tokens_per_step / p.step_seconds:,.0f} tokens/s); {t.max_steps:,} steps: "
                      f"about {p.step_seconds * t.max_steps / 60:,.1f} min")
     return lines
 
@@ -243,7 +272,6 @@ def describe_plan(p: Plan, recipe: Recipe, device: torch.device) -> list[str]:
 def dry_run(recipe: Recipe) -> int:
     """`llmkit train RECIPE --dry-run`: prepare the data (for the vocabulary), print the plan,
     warn when it will not fit; the exit code is 0, or 1 when it will not fit."""
-    import dataclasses
     import os
 
     from llmkit.console import say
