@@ -53,7 +53,12 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 @app.command()
 def download(
-    name: Annotated[str, typer.Argument(help="Dataset: shakespeare.", show_default=False)],
+    name: Annotated[str, typer.Argument(
+        help="Dataset: shakespeare, wiki (with --version), wikitext2, spam, instruct, gpt2_tokenizer.",
+        show_default=False)],
+    version: Annotated[Optional[str], typer.Option(
+        help="For wiki: 2 or 103 (WikiText-2 or WikiText-103, raw, through HF datasets).",
+        show_default=False)] = None,
     source: Annotated[Optional[Path], typer.Option(
         help="Take the data from this file (or a directory laid out like the mirror) instead of "
         "the network. Without it, $LLMKIT_DATA_MIRROR is tried, then the original URL.",
@@ -63,10 +68,17 @@ def download(
 ) -> None:
     """Fetch a dataset into DATA_DIR/raw/NAME/, checking its sha256; prints the file paths.
 
-    Example: llmkit download shakespeare
+    Examples: llmkit download shakespeare | llmkit download wiki --version 103
+    | llmkit download spam --source ../shared/data
     """
     from llmkit.sources import download as fetch
 
+    if name == "wiki":
+        if version not in ("2", "103"):
+            raise LlmkitError("wiki needs --version 2 or --version 103")
+        name = f"wiki{version}"
+    elif version is not None:
+        raise LlmkitError(f"--version is for wiki, not {name}")
     for path in fetch(name, data_dir, source=source, force=force):
         print(path)
 
@@ -74,33 +86,55 @@ def download(
 @app.command()
 def tokenize(
     input: Annotated[str, typer.Argument(
-        help="A recipe (.yaml), a dataset name (shakespeare) or a UTF-8 text file.", show_default=False)],
+        help="A recipe (.yaml), a dataset name (shakespeare, wiki103, wikitext2), a UTF-8 text file, "
+        "or - for standard input.", show_default=False)],
     overrides: Overrides = None,
-    tokenizer: Annotated[Optional[str], typer.Option(help="char (default).", show_default=False)] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(
+        help="char (default), bpe (trained on the train split) or gpt2.", show_default=False)] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(
+        help="Tokens of a bpe tokenizer (default 8192).", show_default=False)] = None,
     val_fraction: Annotated[Optional[float], typer.Option(
         help="Fraction of the text, from its end, kept for validation (default 0.1).", show_default=False)] = None,
+    shard_tokens: Annotated[Optional[int], typer.Option(
+        help="Most ids per shard file (default 250,000,000).", show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Output directory (default DATA_DIR/tokens/NAME-TOKENIZER).", show_default=False)] = None,
+        help="Output directory (default DATA_DIR/tokens/NAME-TOKENIZER; required with -).", show_default=False)] = None,
     data_dir: DataDir = Path("data"),
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if the shards are up to date.")] = False,
 ) -> None:
     """Turn text into train/val token shards and a saved tokenizer; prints the shard directory.
 
-    Examples: llmkit tokenize recipes/shakespeare_char.yaml | llmkit tokenize notes.txt
+    Examples: llmkit tokenize recipes/shakespeare_char.yaml | llmkit tokenize notes.txt --tokenizer bpe
+    | cat corpus.txt | llmkit tokenize - --tokenizer gpt2 --out data/tokens/corpus
     """
-    from llmkit.config import DataConfig, find_recipe, load_recipe
-    from llmkit.prepare import ensure_tokens
+    import dataclasses
 
+    from llmkit.config import DataConfig, find_recipe, load_recipe
+    from llmkit.prepare import ensure_tokens, spool_stdin
+
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "val_fraction": val_fraction,
+               "shard_tokens": shard_tokens}
+    given = {k: v for k, v in options.items() if v is not None}
     if input.endswith((".yaml", ".yml")):
-        if tokenizer is not None or val_fraction is not None:
-            raise LlmkitError("--tokenizer and --val-fraction are for text files; with a recipe use "
-                              "overrides: data.tokenizer=... data.val_fraction=...")
-        data = load_recipe(find_recipe(input), overrides or []).data
-    else:
-        if overrides:
-            raise LlmkitError(f"overrides ({overrides[0]} ...) need a recipe as the input")
-        data = DataConfig(source=input, tokenizer=tokenizer or "char",
-                          val_fraction=0.1 if val_fraction is None else val_fraction, root=str(data_dir))
+        if given:
+            raise LlmkitError(f"--{next(iter(given)).replace('_', '-')} is for text files and datasets; with a "
+                              "recipe use overrides: data.tokenizer=... data.vocab_size=...")
+        print(ensure_tokens(load_recipe(find_recipe(input), overrides or []).data, force=force).directory)
+        return
+    if overrides:
+        raise LlmkitError(f"overrides ({overrides[0]} ...) need a recipe as the input")
+    data = DataConfig(source=input, root=str(data_dir), **given)
+    if input == "-":
+        if out is None:
+            raise LlmkitError("tokenizing standard input needs --out DIR (there is no file name to name it by)")
+        data = dataclasses.replace(data, source=str(spool_stdin(out / ".stdin")))
+        try:
+            print(ensure_tokens(data, out=out, force=True).directory)
+        finally:
+            import shutil
+
+            shutil.rmtree(out / ".stdin", ignore_errors=True)
+        return
     print(ensure_tokens(data, out=out, force=force).directory)
 
 

@@ -42,14 +42,21 @@ class DataConfig:
     # A dataset name from `llmkit download` (e.g. shakespeare), the path of a UTF-8 text file, or
     # `numbers`: integer -> English words pairs generated on the fly (for the seq2seq model).
     source: str = "shakespeare"
-    # char: one token per character; words: the fixed word vocabulary of the numbers task.
-    tokenizer: Literal["char", "words"] = "char"
+    # char: one token per character; bpe: byte-level BPE trained on the train split (vocab_size
+    # tokens); gpt2: GPT-2's own BPE (50,257 tokens); words: the numbers task's fixed vocabulary.
+    tokenizer: Literal["char", "bpe", "gpt2", "words"] = "char"
+    vocab_size: int = 8192  # for bpe: 256 bytes + <|endoftext|> + merges
     # Train on an existing shard directory (what `llmkit tokenize` printed) instead of `source`.
     tokens: str | None = None
     # The last `val_fraction` of the text is the validation split, as in nanoGPT.
     val_fraction: float = 0.1
     # Raw files go to <root>/raw/<name>/, token shards to <root>/tokens/<name>-<tokenizer>/.
     root: str = "data"
+    # Most ids per shard file; a split past it gets several files (train_000.bin, train_001.bin, ...).
+    shard_tokens: int = 250_000_000
+    # How training windows are drawn: random (uniform offsets, nanoGPT) or epoch (every window of
+    # block_size + 1 ids once, in a random order, before any repeats).
+    sampler: Literal["random", "epoch"] = "random"
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,6 +64,11 @@ class DataConfig:
             problems.append("source: must name a dataset or a text file")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction: must be between 0 and 1, got {self.val_fraction}")
+        if self.tokenizer == "bpe" and self.vocab_size < 258:
+            problems.append(f"vocab_size: a byte-level BPE needs at least 258 tokens (256 bytes, "
+                            f"<|endoftext|>, one merge), got {self.vocab_size}")
+        if self.shard_tokens < 1:
+            problems.append(f"shard_tokens: must be at least 1, got {self.shard_tokens}")
         if (self.source == "numbers") != (self.tokenizer == "words"):
             problems.append("tokenizer: the numbers source goes with the words tokenizer, and only it "
                             f"(source {self.source!r}, tokenizer {self.tokenizer!r})")

@@ -27,6 +27,8 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> np.ndarray: ...
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
+
     def decode(self, ids) -> str: ...
 
     def to_dict(self) -> dict: ...
@@ -80,6 +82,9 @@ class CharTokenizer:
             )
         return ids
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]  # numpy is already past 100 MB/s on one core
+
     def decode(self, ids) -> str:
         ids = np.asarray(ids, dtype=np.int64)
         return self._codepoints[ids].astype("<u4").tobytes().decode("utf-32-le")
@@ -110,15 +115,14 @@ class WordTokenizer:
             raise LlmkitError(f"words not in this tokenizer's vocabulary: {' '.join(unknown[:20])}")
         return np.array([self._ids[w] for w in text.split()], dtype=np.int64)
 
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids) -> str:
         return " ".join(self.words[int(i)] for i in ids)
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "words": self.words}
-
-
-# Tokenizers trained from a text file (`llmkit tokenize --tokenizer ...`).
-TOKENIZERS = {"char": CharTokenizer}
 
 
 def tokenizer_from_dict(spec: dict) -> Tokenizer:
@@ -127,6 +131,10 @@ def tokenizer_from_dict(spec: dict) -> Tokenizer:
         return CharTokenizer(spec["chars"])
     if kind == "words" and isinstance(spec.get("words"), list):
         return WordTokenizer(spec["words"])
+    if kind in ("bpe", "gpt2") and isinstance(spec.get("tokens"), list):
+        from llmkit.bpe import BytePairTokenizer  # tiktoken, only when a BPE is used
+
+        return BytePairTokenizer.from_dict(spec)
     raise LlmkitError(f"unrecognised tokenizer description (kind {kind!r})")
 
 

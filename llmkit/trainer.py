@@ -157,6 +157,8 @@ class Trainer:
             checkpoint["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=options)
             checkpoint["scaler"] = self.scaler.state_dict()
             checkpoint["rng"] = _rng_states(self.sampler)
+            if hasattr(self.task, "state_dict"):
+                checkpoint["task"] = self.task.state_dict()
         return checkpoint
 
     def save(self, best: bool = False) -> None:
@@ -183,6 +185,8 @@ class Trainer:
         set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
         self.scaler.load_state_dict(checkpoint["scaler"])
         _restore_rng(checkpoint["rng"], self.sampler)
+        if hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(checkpoint.get("task", {}))
         self.state = RunState(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed_s"])
         if self.metrics is not None:
             self.metrics.keep_until(self.state.step)

@@ -148,13 +148,13 @@ def test_interrupted_tokenization_never_looks_complete(tmp_path, monkeypatch):
     tokenize_file(source, out, "char")
     source.write_text("a different text\n" * 100)
 
-    import llmkit.prepare
+    from llmkit.tokenizer import CharTokenizer
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process died while writing the val shard
 
-    calls = iter([llmkit.prepare.write_shard, killed])
-    monkeypatch.setattr(llmkit.prepare, "write_shard", lambda *a, **k: next(calls)(*a, **k))
+    calls = iter([CharTokenizer.encode_batch, killed])
+    monkeypatch.setattr(CharTokenizer, "encode_batch", lambda *a, **k: next(calls)(*a, **k))
     with pytest.raises(KeyboardInterrupt):
         tokenize_file(source, out, "char")
     with pytest.raises(LlmkitError, match="no meta.json"):

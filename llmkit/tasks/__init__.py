@@ -41,6 +41,9 @@ class Task(Protocol):
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str: ...
 
+    # Optional: tasks whose batches depend on more than the sampler generator (the epoch sampler's
+    # position) define state_dict() / load_state_dict(), saved in and restored from checkpoints.
+
 
 def make_task(recipe: Recipe) -> Task:
     """The task for a recipe, with its data made ready (download and tokenize when missing)."""
@@ -59,7 +62,7 @@ def make_task(recipe: Recipe) -> Task:
     assert name in DECODERS, name
     from llmkit.tasks.language_modeling import LanguageModeling
 
-    return LanguageModeling(shards, block)
+    return LanguageModeling(shards, block, recipe.data.sampler, recipe.train.seed)
 
 
 def check_tokenizer(task: Task, checkpoint: dict, path) -> None:

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from llmkit.batches import random_batch, sequential_batches
+from llmkit.batches import EpochSampler, epoch_batch, random_batch, sequential_batches
 from llmkit.cross_entropy import cross_entropy
 from llmkit.errors import LlmkitError
 from llmkit.shards import ShardSet, TokenStream
@@ -41,8 +41,10 @@ def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, 
 
 
 class LanguageModeling:
-    def __init__(self, shards: ShardSet, block_size: int):
+    def __init__(self, shards: ShardSet, block_size: int, sampler: str = "random", seed: int = 0):
         self.shards, self.block_size = shards, block_size
+        self.sampler_kind, self.seed = sampler, seed
+        self._epochs: EpochSampler | None = None  # the train split's, for sampler: epoch
         self.tokenizer = shards.tokenizer
         self.vocab_size = shards.tokenizer.vocab_size
         self.identity = shards.tokenizer_identity
@@ -65,7 +67,20 @@ class LanguageModeling:
                 f"{len(self.stream('val')):,} val tokens")
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator):
+        if split == "train" and self.sampler_kind == "epoch":
+            if self._epochs is None:
+                self._epochs = EpochSampler(len(self.stream(split)), self.block_size, self.seed)
+            return epoch_batch(self.stream(split), self._epochs, batch_size)
         return random_batch(self.stream(split), batch_size, self.block_size, generator)
+
+    def state_dict(self) -> dict:
+        """Where the epoch sampler stands (nothing for random windows: the generator is saved)."""
+        return {} if self._epochs is None else {"epoch_sampler": self._epochs.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "epoch_sampler" in state:
+            self._epochs = EpochSampler(len(self.stream("train")), self.block_size, self.seed)
+            self._epochs.load_state_dict(state["epoch_sampler"])
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y = batch
