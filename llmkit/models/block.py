@@ -7,6 +7,8 @@ seq2seq decoder) a cross-attention sublayer sits between the two, reading the en
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -15,6 +17,9 @@ from llmkit.config import ModelConfig
 from llmkit.models.attention import Attention
 from llmkit.models.mlp import MLP
 from llmkit.models.norms import make_norm
+
+if TYPE_CHECKING:
+    from llmkit.kv_cache import LayerCache
 
 
 class Block(nn.Module):
@@ -29,10 +34,11 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B, T) marks x's real tokens, context (B, S, C) and
-        context_mask (B, S) are the encoder's output and its real tokens."""
-        x = x + self.attn(self.norm_1(x), key_mask=mask)
+        context_mask (B, S) are the encoder's output and its real tokens; `cache` holds this
+        layer's keys and values of earlier positions (generation, llmkit/kv_cache.py)."""
+        x = x + self.attn(self.norm_1(x), key_mask=mask, cache=cache)
         if context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return x + self.mlp(self.norm_2(x))

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.positions import LearnedPositions, SinusoidalPositions, _check_length
+from llmkit.models.positions import LearnedPositions, SinusoidalPositions, check_length
 
 
 class Embeddings(nn.Module):
@@ -20,10 +20,12 @@ class Embeddings(nn.Module):
         self.wpe = kinds[config.positions](config.block_size, config.n_embd) if config.positions in kinds else None
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """`start` is the position of idx[:, 0] (non-zero when continuing a cached sequence)."""
-        _check_length(start, idx.shape[1], self.block_size)
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions` of the ids, (T,) or (B, T): 0 .. T - 1 unless continuing a cached sequence."""
         x = self.wte(idx)
         if self.wpe is not None:
-            x = x + self.wpe(start, idx.shape[1])
+            if positions is None:
+                check_length(idx.shape[1], self.block_size)
+                positions = torch.arange(idx.shape[1], device=idx.device)
+            x = x + self.wpe(positions)
         return self.drop(x)

@@ -15,9 +15,13 @@ import torch
 from torch import nn
 
 
-def _check_length(start: int, length: int, block_size: int) -> None:
-    if start + length > block_size:
-        raise ValueError(f"sequence of {start + length} tokens is longer than block_size {block_size}")
+def check_length(length: int, block_size: int) -> None:
+    if length > block_size:
+        raise ValueError(f"sequence of {length} tokens is longer than block_size {block_size}")
+
+
+# `positions` below is a LongTensor of positions, (T,) or (B, T) when rows of a batch start at
+# different places (left-padded prompts in llmkit/kv_cache.py). Callers keep them < block_size.
 
 
 class LearnedPositions(nn.Module):
@@ -25,9 +29,8 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(block_size, dim))
 
-    def forward(self, start: int, length: int) -> torch.Tensor:  # -> (length, C)
-        _check_length(start, length, self.weight.shape[0])
-        return self.weight[start : start + length]
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # -> (T, C) or (B, T, C)
+        return self.weight[positions]
 
 
 def sinusoid_table(block_size: int, dim: int) -> torch.Tensor:
@@ -47,9 +50,8 @@ class SinusoidalPositions(nn.Module):
         # Not a parameter and not saved: it is recomputed from the shape.
         self.register_buffer("table", sinusoid_table(block_size, dim), persistent=False)
 
-    def forward(self, start: int, length: int) -> torch.Tensor:  # -> (length, C)
-        _check_length(start, length, self.table.shape[0])
-        return self.table[start : start + length]
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # -> (T, C) or (B, T, C)
+        return self.table[positions]
 
 
 class RoPE(nn.Module):
@@ -64,10 +66,17 @@ class RoPE(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, H, T, D); positions (T,) or (B, T), default 0 .. T - 1."""
         T = x.shape[-2]
-        _check_length(start, T, self.cos.shape[0])
-        cos, sin = self.cos[start : start + T].to(x.dtype), self.sin[start : start + T].to(x.dtype)
+        if positions is None:
+            check_length(T, self.cos.shape[0])
+            cos, sin = self.cos[:T], self.sin[:T]
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]
+            if positions.dim() == 2:  # (B, T, D) -> (B, 1, T, D): the same angles for every head
+                cos, sin = cos[:, None], sin[:, None]
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
         first, second = x.chunk(2, dim=-1)
         rotated = torch.cat([-second, first], dim=-1)  # (x1, x2) -> (-x2, x1): a 90-degree turn
         return x * cos + rotated * sin

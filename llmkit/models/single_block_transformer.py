@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
+from llmkit.kv_cache import KVCache
 from llmkit.models.block import Block, run_blocks
 from llmkit.models.embedding import Embeddings
 from llmkit.models.norms import make_norm
@@ -30,10 +31,18 @@ class SingleBlockTransformer(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         self.grad_checkpointing = False  # set by the trainer (train.grad_checkpointing)
 
-    def hidden(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens."""
-        x = run_blocks(self.blocks, self.embed(idx), self.grad_checkpointing, mask)
+    def hidden(self, idx: torch.Tensor, mask: torch.Tensor | None = None,
+               cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens. With a
+        `cache`, idx are the next T columns after those cached (llmkit/kv_cache.py)."""
+        if cache is None:
+            return self.norm_f(run_blocks(self.blocks, self.embed(idx), self.grad_checkpointing, mask))
+        x = self.embed(idx, cache.begin(idx.shape[1]))
+        for block, layer in zip(self.blocks, cache.layers):
+            x = block(x, cache=layer)
+        cache.end(idx.shape[1])
         return self.norm_f(x)
 
-    def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden(idx, mask))  # (B, T, vocab) logits
+    def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None,
+                cache: KVCache | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden(idx, mask, cache))  # (B, T, vocab) logits

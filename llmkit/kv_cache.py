@@ -1,0 +1,83 @@
+"""The KV cache: the keys and values of every position generated so far, kept per layer.
+
+Without it, producing token t+1 re-runs the model over all t tokens before it, although their keys
+and values do not change (a causal model's position s never looks past s). With it, each step
+feeds only the new token: it computes that position's query, key and value, appends the key and
+value to the cache, and attends over everything cached. Per step the work falls from O(t) positions
+to one; the price is memory: 2 x n_layer x K x D numbers per position and sequence (K key/value
+heads, so grouped-query attention shrinks the cache by H / K).
+
+Rows of a batch may be prompts of different lengths. They are left-padded to one length: row b has
+`pad[b]` padding columns in front, which no query may attend to (`key_mask`), and its real tokens
+get positions 0, 1, 2, ... from its first real column on (`positions`), so a prompt continues the
+same way alone or in a batch.
+
+    cache = KVCache.for_model(model, batch=B, max_len=T, pad=pad)
+    logits = model(ids, cache=cache)          # the prompts: fills positions 0 .. T0 - 1
+    logits = model(next_ids, cache=cache)     # one new column per step
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class LayerCache:
+    """One attention layer's keys and values, (B, K, max_len, D), filled up to the cache's length."""
+
+    def __init__(self, owner: KVCache, keys: torch.Tensor, values: torch.Tensor):
+        self.owner, self.keys, self.values = owner, keys, values
+
+    @property
+    def positions(self) -> torch.Tensor:
+        return self.owner.new_positions
+
+    @property
+    def key_mask(self) -> torch.Tensor | None:
+        return self.owner.key_mask
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new positions' (B, K, T, D) keys and values; return all of them so far."""
+        start, end = self.owner.length, self.owner.length + k.shape[2]
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+
+class KVCache:
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype, device: torch.device, pad: torch.Tensor | None = None):
+        shape = (batch, n_kv_head, max_len, head_dim)
+        self.layers = [LayerCache(self, torch.empty(shape, dtype=dtype, device=device),
+                                  torch.empty(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
+        self.max_len, self.length = max_len, 0
+        self.pad = pad if pad is not None and bool(pad.any()) else None  # (B,) padding columns per row
+        self.new_positions = torch.zeros(0, dtype=torch.long, device=device)
+        self.key_mask: torch.Tensor | None = None
+
+    @classmethod
+    def for_model(cls, model: nn.Module, batch: int, max_len: int | None = None,
+                  pad: torch.Tensor | None = None) -> KVCache:
+        config = model.config
+        parameter = next(model.parameters())
+        return cls(config.n_layer, batch, config.kv_heads, config.n_embd // config.n_head,
+                   max_len or config.block_size, parameter.dtype, parameter.device, pad)
+
+    def begin(self, new: int) -> torch.Tensor:
+        """Called by the model before a forward pass over `new` columns: returns the new columns'
+        positions, (new,) or (B, new) with padding, and sets the key mask over all columns."""
+        if self.length + new > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions; {self.length} + {new} do not fit")
+        columns = torch.arange(self.length, self.length + new, device=self.new_positions.device)
+        if self.pad is None:
+            self.new_positions = columns
+        else:
+            self.new_positions = (columns[None] - self.pad[:, None]).clamp_min(0)
+            every = torch.arange(self.length + new, device=columns.device)
+            self.key_mask = every[None] >= self.pad[:, None]  # (B, S): False at padding
+        return self.new_positions
+
+    def end(self, new: int) -> None:
+        """Called by the model after the forward pass: the new columns are now cached."""
+        self.length += new
