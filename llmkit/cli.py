@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -181,34 +182,51 @@ def eval_(
         help="Token shards to measure on (default: the ones the run was trained on).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Windows per forward pass.")] = 32,
     beam: Annotated[int, typer.Option(min=1, help="Beam width for seq2seq decoding (1: greedy).")] = 1,
+    text: Annotated[Optional[Path], typer.Option(
+        help="Measure a language model on this UTF-8 text file instead of a split.", show_default=False)] = None,
+    stride: Annotated[Optional[int], typer.Option(
+        min=1, help="Start context windows this many tokens apart (default: the context length); "
+        "smaller gives each token more context.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Measure a trained model on every example of a split.
+    """Measure a trained model on every example of a split, or on a text file.
 
-    Language models: loss, perplexity, bits per character. Encoder: masked-token loss and accuracy.
-    Seq2seq: exact match on the held-out numbers. Example: llmkit eval runs/shakespeare_char --json
+    Language models: loss, perplexity, bits per byte and per character, next-token accuracy.
+    Encoder: masked-token loss and accuracy. Seq2seq: exact match on the held-out numbers.
+    Examples: llmkit eval runs/shakespeare_char --json | llmkit eval runs/wikitext2_bpe --text notes.txt --stride 64
     """
     from llmkit.device import resolve_device
     from llmkit.run import load_trained, task_for
 
     target = resolve_device(device)
     trained = load_trained(run, checkpoint, target)
-    task = task_for(trained, data)
-    extra = {"beam": beam} if trained.config.name == "seq2seq" else {}
-    if beam > 1 and not extra:
+    is_lm = trained.config.name not in ("encoder", "seq2seq")
+    if (text is not None or stride is not None) and not is_lm:
+        raise LlmkitError(f"--text and --stride are for language models, not {trained.config.name}")
+    if stride is not None and stride > trained.config.block_size:
+        raise LlmkitError(f"--stride {stride} is longer than the context ({trained.config.block_size})")
+    if beam > 1 and trained.config.name != "seq2seq":
         raise LlmkitError("--beam is for seq2seq models; a language model's loss does not decode")
-    result = task.evaluate(trained.model, split, batch_size, target, **extra)
-    result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"],
-              "data": task.data_info["tokens"] or "generated", "split": split, **result}
+    if text is not None:
+        result, source, split = _evaluate_text(trained, text, batch_size, stride, target), str(text), "text"
+    else:
+        task = task_for(trained, data)
+        extra = {"beam": beam} if trained.config.name == "seq2seq" else {"stride": stride} if is_lm else {}
+        result = task.evaluate(trained.model, split, batch_size, target, **extra)
+        source = task.data_info["tokens"] or "generated"
+    result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"], "data": source,
+              "split": split, **result}
     if as_json:
         print(json.dumps(result))
         return
-    labels = {"loss": "loss", "perplexity": "perplexity", "bits_per_char": "bits per char",
+    labels = {"loss": "loss", "perplexity": "perplexity", "bits_per_byte": "bits per byte",
+              "bits_per_char": "bits per char", "accuracy": "next-token accuracy",
               "masked_accuracy": "masked-token accuracy", "exact_match": "exact match"}
+    percent = ("accuracy", "masked_accuracy", "exact_match")
     rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
-            ("split", f"{split} of {result['data']}")]
-    rows += [(label, f"{result[key]:.2%}" if key in ("masked_accuracy", "exact_match") else f"{result[key]:.4f}")
+            ("split", f"{split} of {result['data']}" if split != "text" else result["data"])]
+    rows += [(label, f"{result[key]:.2%}" if key in percent else f"{result[key]:.4f}")
              for key, label in labels.items() if key in result]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
@@ -223,66 +241,177 @@ def generate(
     prompt: Annotated[Optional[str], typer.Option(
         "--prompt", "-p", help="Text to continue; '-' reads stdin (also read when stdin is a pipe).",
         show_default=False)] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        help="A file of prompts, one per line, generated as one batch.", show_default=False)] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=0)] = 500,
     # The sampling defaults are llmkit.generate.TEMPERATURE and TOP_K (a test keeps them equal).
     temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")] = 0.8,
     top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = 200,
+    top_p: Annotated[Optional[float], typer.Option(
+        help="Sample among the most likely tokens whose probabilities sum to p.", show_default=False)] = None,
+    min_p: Annotated[Optional[float], typer.Option(
+        help="Drop tokens less than min_p times as likely as the most likely.", show_default=False)] = None,
+    repetition_penalty: Annotated[float, typer.Option(help="Above 1 makes repeats less likely.")] = 1.0,
+    stop: Annotated[Optional[list[str]], typer.Option(
+        help="End the text before this string (repeatable).", show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option(min=1, help="Samples per prompt.")] = 1,
     beam: Annotated[int, typer.Option(min=1, help="Beam search with this many beams (1: sample).")] = 1,
+    length_penalty: Annotated[float, typer.Option(
+        help="Beam search: score / length**penalty (0 favours short outputs).")] = 1.0,
+    context: Annotated[str, typer.Option(
+        help="Past the context length: slide (keep going on the last half) or stop.")] = "slide",
+    cache: Annotated[bool, typer.Option(help="Use the KV cache (--no-cache recomputes every step).")] = True,
     seed: Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)] = None,
     checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
     echo: Annotated[bool, typer.Option(help="Print the prompt before the continuation.")] = True,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per sample, on one line.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
 ) -> None:
     """Continue a prompt with a trained model, streaming the text to stdout.
 
     A seq2seq run translates instead: each input line is a number, each output line its words.
     Examples: echo "ROMEO:" | llmkit generate runs/shakespeare_char --seed 1
+              llmkit generate runs/wikitext2_bpe -p "The city" --top-p 0.9 --stop "." --json
               printf "4021\n77\n" | llmkit generate runs/seq2seq_numbers --beam 4
     """
-    import torch
-
-    from llmkit.console import say
     from llmkit.device import resolve_device
-    from llmkit.generate import StreamDecoder, beam_search, generate as sample, prompt_ids
+    from llmkit.generate import Sampling
     from llmkit.run import load_trained
 
+    if context not in ("slide", "stop"):
+        raise LlmkitError(f"--context must be slide or stop, got '{context}'")
+    sampling = Sampling(temperature, top_k, top_p, min_p, repetition_penalty)  # checks the values
     target = resolve_device(device)
     trained = load_trained(run, checkpoint, target)  # before reading stdin: bad runs fail at once
     if trained.config.name == "encoder":
         raise LlmkitError(f"{trained.path} is an encoder (masked LM): it fills in masks, it does not "
                           "generate text", hint=f"measure it with: llmkit eval {run}")
-    if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
-        prompt = sys.stdin.read()
-    prompt = prompt or ""
+    if prompts is not None:
+        if prompt is not None:
+            raise LlmkitError("give --prompt or --prompts, not both")
+        try:
+            texts = [line for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise LlmkitError(f"cannot read the prompts file {prompts}: {e}") from None
+        if not texts:
+            raise LlmkitError(f"{prompts} holds no prompts (one per line)")
+    else:
+        if prompt == "-" or (prompt is None and not sys.stdin.isatty()):
+            prompt = sys.stdin.read()
+        texts = [prompt or ""]
     if trained.config.name == "seq2seq":
-        _translate_lines(trained, prompt, beam, target)
+        _translate_lines(trained, "\n".join(texts), beam, target)
         return
-    idx = prompt_ids(trained.tokenizer, prompt, target)
-    out = sys.stdout
-    if echo:
-        out.write(prompt)
-    if beam > 1:
-        model, block = trained.model, trained.config.block_size
+    options = _GenerateOptions(sampling, max_new_tokens, tuple(stop or ()), num_samples, beam, length_penalty,
+                               context, cache, seed, echo, json_output)
+    _generate_text(trained, texts, options, target)
+
+
+@dataclass(frozen=True)
+class _GenerateOptions:
+    sampling: object
+    max_new_tokens: int
+    stops: tuple[str, ...]
+    num_samples: int
+    beam: int
+    length_penalty: float
+    context: str
+    cache: bool
+    seed: int | None
+    echo: bool
+    json: bool
+
+
+def _generate_text(trained, texts: list[str], o: _GenerateOptions, device) -> None:
+    """Sample (or beam-search) continuations of the prompts. One prompt and one sample stream as
+    they are made; several are generated as one batch and printed when done, separated by a line
+    `---` (or one JSON object each)."""
+    import torch
+
+    from llmkit.console import say
+    from llmkit.generate import ContextFull, StreamDecoder, batch_prompts, beam_search, generate_batch
+
+    tokenizer, model = trained.tokenizer, trained.model
+    eot = getattr(tokenizer, "eot_id", None)
+    rows = [t for t in texts for _ in range(o.num_samples)]
+    stream = len(rows) == 1 and not o.json
+    if o.beam > 1:
+        if len(rows) > 1:
+            raise LlmkitError("beam search takes one prompt and gives one result (no --prompts or --num-samples)")
+        block = trained.config.block_size
 
         def step(prefixes):  # (N, t) -> (N, V) next-token log-probs
-            logits = model(prefixes[:, -block:].to(target))[:, -1, : trained.tokenizer.vocab_size]
+            logits = model(prefixes[:, -block:].to(device))[:, -1, : tokenizer.vocab_size]
             return torch.log_softmax(logits.float(), dim=-1)
-        tokens = beam_search(step, idx[0].tolist(), beam, max_new_tokens, eos=None)
+        ids, _ = batch_prompts(tokenizer, rows, device)
+        columns = (torch.tensor([t]) for t in beam_search(step, ids[0].tolist(), o.beam, o.max_new_tokens,
+                                                          eot, o.length_penalty))
     else:
+        seed = o.seed
         if seed is None:
             seed = int.from_bytes(os.urandom(4), "little")
             say(f"seed {seed} (pass --seed {seed} to repeat this sample)")
-        generator = torch.Generator(target).manual_seed(seed)
-        tokens = sample(trained.model, idx, max_new_tokens, temperature, top_k, generator,
-                        trained.tokenizer.vocab_size)
-    decoder, text = StreamDecoder(trained.tokenizer), prompt
-    for token in tokens:
-        piece = decoder.push(token)
-        text += piece
-        out.write(piece)
-        out.flush()
-    if not text.endswith("\n"):
-        out.write("\n")
+        generator = torch.Generator(device).manual_seed(seed)
+        ids, pad = batch_prompts(tokenizer, rows, device)
+        columns = generate_batch(model, ids, o.max_new_tokens, o.sampling, generator, tokenizer.vocab_size,
+                                 pad, o.cache, o.context)
+    decoders = [StreamDecoder(tokenizer, o.stops) for _ in rows]
+    texts_out = ["" for _ in rows]
+    reasons = ["length" for _ in rows]
+    counts = [0 for _ in rows]
+    out = sys.stdout
+    if stream and o.echo:
+        out.write(rows[0])
+    try:
+        for column in columns:
+            for i, token in enumerate(column.tolist()):
+                if reasons[i] != "length":
+                    continue
+                if eot is not None and token == eot:
+                    reasons[i] = "eos"
+                    continue
+                counts[i] += 1
+                piece = decoders[i].push(token)
+                texts_out[i] += piece
+                if decoders[i].stopped:
+                    reasons[i] = "stop"
+                if stream and piece:
+                    out.write(piece)
+                    out.flush()
+            if all(r != "length" for r in reasons):
+                break
+    except ContextFull as e:
+        say(f"stopped: {e} (--context slide keeps going)")
+        reasons = [r if r != "length" else "context" for r in reasons]
+    for i, decoder in enumerate(decoders):
+        rest = decoder.flush()
+        texts_out[i] += rest
+        if stream:
+            out.write(rest)
+    if stream:
+        if not (rows[0] + texts_out[0]).endswith("\n"):
+            out.write("\n")
+        return
+    for i, (prompt, text) in enumerate(zip(rows, texts_out)):
+        if o.json:
+            print(json.dumps({"prompt": prompt, "sample": i % o.num_samples, "text": text,
+                              "tokens": counts[i], "stop_reason": reasons[i]}, ensure_ascii=False))
+        else:
+            if i:
+                print("---")
+            print((prompt if o.echo else "") + text)
+
+
+def _evaluate_text(trained, path: Path, batch_size: int, stride: int | None, device) -> dict:
+    from llmkit.prepare import read_text
+    from llmkit.shards import TokenStream
+    from llmkit.tasks.language_modeling import evaluate_split
+
+    ids = trained.tokenizer.encode(read_text(path))
+    if len(ids) < 2:
+        raise LlmkitError(f"{path} is too short to measure: it needs at least two tokens")
+    return evaluate_split(trained.model, TokenStream([ids]), trained.tokenizer, trained.config.block_size,
+                          batch_size, device, stride)
 
 
 def _translate_lines(trained, text: str, beam: int, device) -> None:

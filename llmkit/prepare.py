@@ -287,6 +287,21 @@ def spool_stdin(directory: Path) -> Path:
     return path
 
 
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 text file (for texts measured or prompted, not corpora: those stream)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LlmkitError(f"text file not found: {path}")
+    try:
+        # Bytes, then decode: reading in text mode would turn \r\n into \n and break round trips.
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LlmkitError(f"{path} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if not text:
+        raise LlmkitError(f"{path} is empty")
+    return text
+
+
 def default_name(text_path: Path, data_root: str | Path) -> str:
     """data/raw/shakespeare/input.txt -> 'shakespeare'; any other notes.txt -> 'notes'."""
     raw = (Path(data_root) / "raw").resolve()

@@ -232,7 +232,6 @@ def bench_char(args: argparse.Namespace, tmp: Path) -> list[Row]:
     # What `llmkit tokenize` does: the same text in its 1 MiB chunks (cache-sized arrays).
     chunks = [t for _, t in read_chunks(Span(text_path, 0, size), anywhere=True)]
     chunked, _ = time_calls({"llmkit": lambda: ours.encode_batch(chunks)}, args.repeats)
-    del chunks
     chunked_speed = size / MB / chunked["llmkit"]
     rows = [Row(f"char encode, {args.mb} MB in 1 MiB chunks (llmkit tokenize)", chunked_speed, "MB/s",
                 "nanoGPT [stoi[c] for c in text]", speed["nanoGPT"], f">= {GOAL_CHAR_MB_S} MB/s",

@@ -3,7 +3,6 @@ BPE shards in several files, standard input, and the batch samplers."""
 
 from __future__ import annotations
 
-import io
 import zipfile
 
 import numpy as np
@@ -15,7 +14,7 @@ from llmkit.config import DataConfig
 from llmkit.errors import LlmkitError
 from llmkit.prepare import ensure_tokens, tokenize_file
 from llmkit.shards import TokenStream, load_shards
-from llmkit.sources import DATASETS, DOCUMENT_SEPARATOR, MIRROR_ENV, download, file_sha256
+from llmkit.sources import DATASETS, DOCUMENT_SEPARATOR, MIRROR_ENV, download
 
 SPAM = DATASETS["spam"].files[0]
 

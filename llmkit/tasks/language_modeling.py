@@ -1,8 +1,9 @@
-"""Language modeling: predict each next token. Loss, perplexity, bits per character.
+"""Language modeling: predict each next token. Loss, perplexity, bits per byte and character.
 
 loss = -mean log p(next token) in nats; perplexity = exp(loss), the number of equally likely
-choices the model is as unsure as; bits per character = total nats / ln 2 / characters, which
-compares models whose tokenizers cut the text differently.
+choices the model is as unsure as; bits per byte (or character) = total nats / ln 2 / bytes (or
+characters) of the text scored, which compares models whose tokenizers cut the text differently;
+accuracy = how often the most likely next token is the right one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from llmkit.batches import EpochSampler, epoch_batch, random_batch, sequential_batches
+from llmkit.batches import EpochSampler, epoch_batch, random_batch, sliding_windows
 from llmkit.cross_entropy import cross_entropy
 from llmkit.errors import LlmkitError
 from llmkit.shards import ShardSet, TokenStream
@@ -27,17 +28,26 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
 
 @torch.no_grad()
 def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, block_size: int,
-                   batch_size: int, device: torch.device) -> dict:
-    """Loss over every token of a split, in consecutive windows of the model's context."""
+                   batch_size: int, device: torch.device, stride: int | None = None) -> dict:
+    """Loss, perplexity, bits per byte and per character, and top-1 next-token accuracy over every
+    target of a token stream. Windows of the model's context start `stride` apart (default: the
+    context, so windows do not overlap); each target is scored once (llmkit/batches.py,
+    `sliding_windows`)."""
     model.eval()
-    nats, tokens = 0.0, 0
-    for x, y in sequential_batches(stream, block_size, batch_size):
-        nats += lm_loss(model(x.to(device)), y.to(device), reduction="sum").item()
-        tokens += y.numel()
-    chars = len(tokenizer.decode(stream.window(1, len(stream) - 1)))
+    nats, tokens, correct = 0.0, 0, 0
+    for x, y in sliding_windows(stream, block_size, stride or block_size, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        nats += lm_loss(logits, y, reduction="sum").item()
+        scored = y != -100
+        correct += int((logits.argmax(-1)[scored] == y[scored]).sum())
+        tokens += int(scored.sum())
+    text = tokenizer.decode(stream.window(1, len(stream) - 1))  # the text of the scored targets
+    chars, nbytes = len(text), len(text.encode("utf-8"))
     loss = nats / tokens
-    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_char": nats / math.log(2) / chars,
-            "tokens": tokens, "chars": chars}
+    return {"loss": loss, "perplexity": math.exp(loss), "bits_per_byte": nats / math.log(2) / nbytes,
+            "bits_per_char": nats / math.log(2) / chars, "accuracy": correct / tokens,
+            "tokens": tokens, "chars": chars, "bytes": nbytes, "stride": stride or block_size}
 
 
 class LanguageModeling:
@@ -89,8 +99,10 @@ class LanguageModeling:
     def count(self, batch) -> int:
         return int((batch[1] != -100).sum())
 
-    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict:
-        return evaluate_split(model, self.stream(split), self.tokenizer, self.block_size, batch_size, device)
+    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
+                 stride: int | None = None) -> dict:
+        return evaluate_split(model, self.stream(split), self.tokenizer, self.block_size, batch_size, device,
+                              stride)
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
         from llmkit.generate import TEMPERATURE, TOP_K, generate, prompt_ids
