@@ -37,6 +37,7 @@ CHUNK_BYTES = 1 << 20
 # never end with one), so the two halves tokenize exactly as the whole would.
 _SAFE_CUT = re.compile(rb"(?<=[!-~]) (?=[!-~])")
 _CUT_SEARCH = 1 << 16  # look for a cut in the last 64 KiB of a block
+TRAIN_CHUNK_BYTES = 1 << 16  # the pieces of text fed to the BPE trainer
 BATCH_CHUNKS = 8  # chunks encoded together: about 8 MB of text in memory at a time
 # A block with no safe cut is carried into the next, up to this size; past it, it is cut at a
 # character boundary (which may change the ids of the one piece cut in two, once per 64 MiB).
@@ -202,7 +203,10 @@ def make_tokenizer(data: DataConfig, train_span: Span, alphabet: set[str]) -> To
 
         say(f"training a byte-level BPE of {data.vocab_size:,} tokens on {train_span.path} "
             f"({train_span.size / 1e6:,.1f} MB)")
-        return train_bpe((text for _, text in read_chunks(train_span)), data.vocab_size)
+        # 64 KiB pieces: HF's trainer buffers a few hundred items ahead of its threads, so 1 MiB
+        # chunks would hold hundreds of MB of text in memory at once.
+        return train_bpe((text for _, text in read_chunks(train_span, chunk_bytes=TRAIN_CHUNK_BYTES)),
+                         data.vocab_size)
     if data.tokenizer == "gpt2":
         from llmkit.bpe import gpt2_tokenizer
 

@@ -1,0 +1,131 @@
+"""Generation speed: llmkit's KV cache against Hugging Face's generate(use_cache=True), same run.
+
+What is measured, for GPT-2 124M's shape with random weights (HF's copied from llmkit's, so both
+compute the same function), batch 1, a 16-token prompt, greedy decoding:
+1. new tokens per second over `--new-tokens` (200) tokens: llmkit's `generate_batch` with its KV
+   cache against `GPT2LMHeadModel.generate(use_cache=True)`, runs interleaved, the median of
+   `--repeats`; the greedy tokens of both are compared (fp32 on random weights: a near-tie
+   between two logits may go either way after many steps, so the length of the common prefix is
+   printed rather than required);
+2. llmkit with the cache against llmkit without it (every step re-runs the whole sequence) over
+   `--long-tokens` (500) new tokens.
+
+    .venv/bin/python scripts/bench_generate.py
+    .venv/bin/python scripts/bench_generate.py --new-tokens 50 --long-tokens 100 --repeats 1   # a quick look
+    .venv/bin/python scripts/bench_generate.py --device cuda --json
+
+Keep the machine otherwise idle while it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import time
+
+import torch
+import transformers
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from llmkit.config import ModelConfig
+from llmkit.generate import Sampling, generate_batch
+from llmkit.hf_gpt2 import hf_config_dict, to_hf_state_dict
+from llmkit.models import build_model
+
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)
+
+
+def timed(fn, device: torch.device) -> tuple[float, list[int]]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    tokens = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, tokens
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--new-tokens", type=int, default=200)
+    p.add_argument("--long-tokens", type=int, default=500, help="new tokens for cached vs uncached")
+    p.add_argument("--prompt-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3, help="runs per contender (median)")
+    p.add_argument("--long-repeats", type=int, default=1,
+                   help="runs for cached vs uncached (uncached 500 tokens takes minutes on a CPU)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    config = ModelConfig(name="gpt", bias=True, dropout=0.0, **GPT2_124M)
+    ours = build_model(config).to(device).eval()
+    hf = GPT2LMHeadModel(GPT2Config(**hf_config_dict(config)))
+    hf.load_state_dict(to_hf_state_dict(ours.state_dict(), config))
+    hf = hf.to(device).eval()
+    prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens), device=device)
+    greedy = Sampling(temperature=0)
+
+    def llmkit(n: int, cache: bool = True):
+        return lambda: [int(t) for t in generate_batch(ours, prompt, n, greedy, use_cache=cache)]
+
+    def huggingface(n: int):
+        def run():
+            with torch.no_grad():
+                out = hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                                  pad_token_id=0, attention_mask=torch.ones_like(prompt))
+            return out[0, prompt.shape[1]:].tolist()
+        return run
+
+    results = []
+    command = shlex.join(sys.orig_argv)
+    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+               f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+               "torch": torch.__version__, "transformers": transformers.__version__}
+
+    def compare(what: str, contenders: dict, n: int, peer: str, repeats: int) -> None:
+        for make in contenders.values():  # warm-up: allocator, kernels, HF's generation config
+            make(8)()
+        times = {name: [] for name in contenders}
+        tokens = {}
+        for r in range(repeats):
+            order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
+            for name in order:
+                seconds, tokens[name] = timed(contenders[name](n), device)
+                times[name].append(seconds)
+        speed = {name: n / statistics.median(t) for name, t in times.items()}
+        names = list(contenders)
+        row = {"what": what, "new_tokens": n, "prompt_tokens": args.prompt_tokens, "batch": 1,
+               **{f"{name}_tokens_per_s": round(speed[name], 2) for name in names},
+               "ratio": round(speed[names[0]] / speed[peer], 3),
+               "same_greedy_prefix": common_prefix(tokens[names[0]], tokens[peer]),
+               **machine, "command": command}
+        results.append(row)
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{what}: " + ", ".join(f"{name} {speed[name]:,.1f} tokens/s" for name in names)
+                  + f" -> {row['ratio']:.2f}x; greedy tokens agree for the first {row['same_greedy_prefix']} of {n}")
+
+    if not args.json:
+        print(f"command: {command}")
+        print("machine: " + " | ".join(f"{k} {v}" for k, v in machine.items()))
+        print(f"model:   GPT-2 124M shape, random weights (HF's copied from llmkit's), fp32, batch 1, "
+              f"{args.prompt_tokens}-token prompt, greedy, median of interleaved runs")
+    compare(f"{args.new_tokens} new tokens, llmkit (KV cache) vs HF generate(use_cache=True)",
+            {"llmkit": llmkit, "HF": huggingface}, args.new_tokens, "HF", args.repeats)
+    compare(f"{args.long_tokens} new tokens, llmkit with vs without its KV cache",
+            {"cached": llmkit, "uncached": lambda n: llmkit(n, cache=False)}, args.long_tokens, "uncached",
+            args.long_repeats)
+
+
+if __name__ == "__main__":
+    main()
