@@ -103,14 +103,12 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
                    generator: torch.Generator | None = None, vocab_size: int | None = None,
                    pad: torch.Tensor | None = None, use_cache: bool = True,
                    context: str = "slide") -> Iterator[torch.Tensor]:
-    """Yield (B,) new ids per step, continuing the rows of idx (B, T0). Rows shorter than T0 are
-    left-padded, `pad[b]` columns each (they need a model that caches). `vocab_size` masks ids
-    the tokenizer cannot decode (a model's vocabulary may be padded beyond the tokenizer's)."""
+    """Yield (B,) new ids per step, continuing the rows of idx (B, T0). `vocab_size` masks ids
+    the tokenizer cannot decode (a model's vocabulary may be padded beyond the tokenizer's).
+    Rows shorter than T0 are left-padded, `pad[b]` columns each."""
     block = model.config.block_size
     cached = caches(model)
-    if pad is not None and bool(pad.any()) and not cached:
-        raise LlmkitError(f"prompts of different lengths need a model with a KV cache, not {model.config.name}",
-                          hint="run the prompts one at a time")
+    padded = pad is not None and bool(pad.any())
     tokens, cache = idx, None
     for _ in range(max_new_tokens):
         if cached and (cache is None or cache.length == block or not use_cache):
@@ -127,7 +125,11 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
         else:
             if tokens.shape[1] > block and context == "stop":
                 raise ContextFull(f"reached the context length ({block} tokens)")
-            logits = model(tokens[:, -block:])[:, -1]
+            if padded:  # no key mask in the small rungs: each row without its padding
+                logits = torch.cat([model(tokens[b : b + 1, int(pad[b]) :][:, -block:])[:, -1]
+                                    for b in range(tokens.shape[0])])
+            else:
+                logits = model(tokens[:, -block:])[:, -1]
         if vocab_size is not None and vocab_size < logits.shape[-1]:
             logits[:, vocab_size:] = float("-inf")
         previous = tokens if sampling.repetition_penalty != 1.0 else None

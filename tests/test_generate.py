@@ -165,3 +165,14 @@ def test_eval_reports_perplexity_as_exp_loss_on_splits_and_texts(debug_run, cli,
             nats -= torch.log_softmax(logits, -1)[ids[j + 1]].item()
     assert math.isclose(strided["loss"], nats / 599, rel_tol=1e-5)
     assert cli("eval", debug_run, "--stride", "999").code != 0
+
+
+def test_rungs_without_a_cache_take_padded_batches_too():
+    torch.manual_seed(0)
+    config = ModelConfig(name="single_head_attention", vocab_size=61, block_size=32, n_embd=16)
+    model = build_model(config).eval()
+    long, short = torch.randint(61, (1, 9)), torch.randint(61, (1, 4))
+    batch = torch.cat([long, torch.cat([torch.zeros(1, 5, dtype=torch.long), short], dim=1)])
+    together = torch.stack(list(generate_batch(model, batch, 20, Sampling(temperature=0), pad=torch.tensor([0, 5]))))
+    alone = torch.stack(list(generate_batch(model, short, 20, Sampling(temperature=0))))
+    assert torch.equal(together[:, 1], alone[:, 0])
