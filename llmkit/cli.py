@@ -124,6 +124,15 @@ def tokenize(
         return
     if overrides:
         raise LlmkitError(f"overrides ({overrides[0]} ...) need a recipe as the input")
+    if tokenizer is not None and tokenizer not in ("char", "bpe", "gpt2"):
+        raise LlmkitError(f"--tokenizer must be char, bpe or gpt2, not '{tokenizer}'")
+    if vocab_size is not None and vocab_size < 258:
+        raise LlmkitError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least 258 "
+                          "(256 bytes, <|endoftext|>, one merge)")
+    if shard_tokens is not None and shard_tokens < 1:
+        raise LlmkitError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise LlmkitError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     data = DataConfig(source=input, root=str(data_dir), **given)
     if input == "-":
         if out is None:
