@@ -205,8 +205,11 @@ def make_tokenizer(data: DataConfig, train_span: Span, alphabet: set[str]) -> To
             f"({train_span.size / 1e6:,.1f} MB)")
         # 64 KiB pieces: HF's trainer buffers a few hundred items ahead of its threads, so 1 MiB
         # chunks would hold hundreds of MB of text in memory at once.
-        return train_bpe((text for _, text in read_chunks(train_span, chunk_bytes=TRAIN_CHUNK_BYTES)),
-                         data.vocab_size)
+        tokenizer = train_bpe((text for _, text in read_chunks(train_span, chunk_bytes=TRAIN_CHUNK_BYTES)),
+                              data.vocab_size)
+        if tokenizer.vocab_size < data.vocab_size:
+            say(f"the text gave only {tokenizer.vocab_size:,} tokens (no more pairs worth merging)")
+        return tokenizer
     if data.tokenizer == "gpt2":
         from llmkit.bpe import gpt2_tokenizer
 
