@@ -210,7 +210,7 @@ def eval_(
 
     target = resolve_device(device)
     trained = load_trained(run, checkpoint, target)
-    is_lm = trained.config.name not in ("encoder", "seq2seq")
+    is_lm = trained.config.name not in ("encoder", "seq2seq") and trained.config.n_classes is None
     if (text is not None or stride is not None) and not is_lm:
         raise LlmkitError(f"--text and --stride are for language models, not {trained.config.name}")
     if stride is not None and stride > trained.config.block_size:
@@ -223,7 +223,7 @@ def eval_(
         task = task_for(trained, data)
         extra = {"beam": beam} if trained.config.name == "seq2seq" else {"stride": stride} if is_lm else {}
         result = task.evaluate(trained.model, split, batch_size, target, **extra)
-        source = task.data_info["tokens"] or "generated"
+        source = task.data_info.get("source") or task.data_info["tokens"] or "generated"
     result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"], "data": source,
               "split": split, **result}
     if as_json:
@@ -232,7 +232,9 @@ def eval_(
     labels = {"loss": "loss", "perplexity": "perplexity", "bits_per_byte": "bits per byte",
               "bits_per_char": "bits per char", "accuracy": "next-token accuracy",
               "masked_accuracy": "masked-token accuracy", "exact_match": "exact match"}
-    percent = ("accuracy", "masked_accuracy", "exact_match")
+    labels.update({"precision": "precision (spam)", "recall": "recall (spam)", "f1": "F1 (spam)",
+                   "unseen_accuracy": "accuracy, texts not in train"})
+    percent = ("accuracy", "masked_accuracy", "exact_match", "precision", "recall", "f1", "unseen_accuracy")
     rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
             ("split", f"{split} of {result['data']}" if split != "text" else result["data"])]
     rows += [(label, f"{result[key]:.2%}" if key in percent else f"{result[key]:.4f}")
@@ -240,6 +242,9 @@ def eval_(
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
+    if "confusion" in result:
+        (tn, fp), (fn, tp) = result["confusion"]
+        print(f"confusion (rows: truth; columns: predicted)\n           ham   spam\n  ham  {tn:>6} {fp:>6}\n  spam {fn:>6} {tp:>6}")
     for error in result.get("errors", []):
         print(f"  wrong: {error['number']} -> {error['output']!r} (reference {error['reference']!r})")
 
@@ -295,6 +300,9 @@ def generate(
     if trained.config.name == "encoder":
         raise LlmkitError(f"{trained.path} is an encoder (masked LM): it fills in masks, it does not "
                           "generate text", hint=f"measure it with: llmkit eval {run}")
+    if trained.config.n_classes is not None:
+        raise LlmkitError(f"{trained.path} is a classifier: it labels texts, it does not generate them",
+                          hint=f"echo 'some text' | llmkit classify {run}")
     if prompts is not None:
         if prompt is not None:
             raise LlmkitError("give --prompt or --prompts, not both")
@@ -440,10 +448,92 @@ def _translate_lines(trained, text: str, beam: int, device) -> None:
 
 
 @app.command()
-def finetune() -> None:
-    """Finetune a model (spam classification, instruction following, LoRA): not available yet."""
-    raise LlmkitError("llmkit finetune is not available yet in this version",
-                      hint="pretraining works today: llmkit train recipes/shakespeare_char.yaml")
+def finetune(
+    task: Annotated[str, typer.Argument(help="What to finetune for: spam.", show_default=False)],
+    overrides: Overrides = None,
+    base: Annotated[Optional[str], typer.Option(
+        help="Start from this trained run (or checkpoint): its model and tokenizer. Default: from scratch.",
+        show_default=False)] = None,
+    mode: Annotated[str, typer.Option(help="Train all weights, or only the last block and the head.")] = "all",
+    device: Device = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")] = False,
+) -> None:
+    """Finetune a classifier and report its test accuracy; prints the run directory.
+
+    spam: the SMS Spam Collection, balanced and split as LLMs-from-scratch does (recipes/spam.yaml).
+    Examples: llmkit finetune spam | llmkit finetune spam --base runs/wikitext2_bpe --mode last_block
+    | llmkit finetune spam train.max_steps=300
+    """
+    import dataclasses
+
+    from llmkit.config import find_recipe, load_recipe
+    from llmkit.run import load_trained
+    from llmkit.trainer import train
+
+    if task != "spam":
+        raise LlmkitError(f"llmkit finetune {task} is not available (yet): spam is",
+                          hint="llmkit finetune spam")
+    if mode not in ("all", "last_block"):
+        raise LlmkitError(f"--mode must be all or last_block, got '{mode}'")
+    extra = [f"train.device={device}"] if device else []
+    recipe = load_recipe(find_recipe("spam"), [*(overrides or []), *extra, f"train.finetune={mode}"])
+    if base is not None:
+        trained = load_trained(base)  # its model section, with a 2-class head on top
+        model = dataclasses.replace(trained.config, n_classes=2, name=trained.config.name)
+        recipe = dataclasses.replace(recipe, model=model, name=f"spam_{Path(base).name}",
+                                     train=dataclasses.replace(recipe.train, init_from=str(trained.path)))
+    elif mode != "all":
+        raise LlmkitError("--mode last_block needs --base RUN (a model trained from scratch has no pretrained blocks)")
+    run = train(recipe, overwrite=overwrite)
+    _report_classifier(run, "test")
+    print(run)
+
+
+def _report_classifier(run, split: str) -> None:
+    """Accuracy, precision, recall, F1 and the confusion matrix of a classifier run on a split (stderr)."""
+    from llmkit.console import say
+    from llmkit.device import resolve_device
+    from llmkit.run import load_trained, task_for
+
+    trained = load_trained(run, "best", resolve_device("auto"))
+    result = task_for(trained).evaluate(trained.model, split, 64, next(trained.model.parameters()).device)
+    (tn, fp), (fn, tp) = result["confusion"]
+    say(f"{split}: accuracy {result['accuracy']:.2%} ({result['examples']} messages), precision "
+        f"{result['precision']:.2%}, recall {result['recall']:.2%}, F1 {result['f1']:.2%}")
+    if "unseen" in result:
+        say(f"{split}: accuracy {result['unseen_accuracy']:.2%} on the {result['unseen']} messages that do "
+            "not also occur, word for word, in the training split")
+    say(f"confusion (rows: truth ham, spam; columns: predicted ham, spam): [[{tn}, {fp}], [{fn}, {tp}]]")
+
+
+@app.command()
+def classify(
+    run: Annotated[str, typer.Argument(help="A classifier run directory or checkpoint.", show_default=False)],
+    text: Annotated[Optional[str], typer.Option(help="Classify this text; otherwise each line of stdin.",
+                                                show_default=False)] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
+    as_json: JsonFlag = False,
+) -> None:
+    """Label texts with a classifier run: one line in, `label<TAB>probability` out.
+
+    Example: printf "WIN a free prize now!\nsee you at 6\n" | llmkit classify runs/spam
+    """
+    from llmkit.run import load_trained
+    from llmkit.tasks.classification import LABELS, probabilities
+
+    trained = load_trained(run, checkpoint)
+    if trained.config.n_classes is None:
+        raise LlmkitError(f"{trained.path} is not a classifier", hint="make one with: llmkit finetune spam")
+    texts = [text] if text is not None else sys.stdin.read().splitlines()
+    if not texts:
+        raise LlmkitError("no text to classify", hint="echo 'some text' | llmkit classify RUN")
+    probs = probabilities(trained.model, trained.tokenizer, texts, next(trained.model.parameters()).device)
+    for line, p in zip(texts, probs.tolist()):
+        label = max(range(len(p)), key=p.__getitem__)
+        if as_json:
+            print(json.dumps({"text": line, "label": LABELS[label], "probability": p[label]}, ensure_ascii=False))
+        else:
+            print(f"{LABELS[label]}\t{p[label]:.4f}")
 
 
 def main() -> None:

@@ -77,6 +77,7 @@ class DataConfig:
 
 # The ladder, in order; each name is a file in llmkit/models/.
 DECODERS = ("bigram", "single_head_attention", "multi_head_attention", "single_block_transformer", "gpt")
+CLASSIFIER_BASES = ("single_block_transformer", "gpt", "encoder")
 MODEL_NAMES = Literal["bigram", "single_head_attention", "multi_head_attention",
                       "single_block_transformer", "gpt", "encoder", "seq2seq"]
 
@@ -101,9 +102,15 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalise queries and keys per head before the dot product
     tie_embeddings: bool = True  # the output head reuses the token embedding (gpt, encoder, seq2seq)
     rope_base: float = 10000.0
+    # A classifier: the model's final hidden state at the last real token (decoders) or averaged
+    # over the tokens (encoder) goes through a head to n_classes scores (llmkit/models/classifier.py).
+    n_classes: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
+        if self.n_classes is not None and (self.n_classes < 2 or self.name not in CLASSIFIER_BASES):
+            problems.append(f"n_classes: needs at least 2 classes and a model among {', '.join(CLASSIFIER_BASES)} "
+                            f"(got {self.n_classes} on {self.name})")
         for name in ("block_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
@@ -165,6 +172,11 @@ class TrainConfig:
     # Under torchrun: ddp replicates the model on every process; fsdp shards weights, gradients
     # and optimizer state across them (for models that do not fit one device).
     distributed: Literal["ddp", "fsdp"] = "ddp"
+    # Start from the weights of this run directory or checkpoint (finetuning); a classifier takes
+    # them into its base model. `finetune`: train every weight, or only the last block, the final
+    # norm and the classification head.
+    init_from: str | None = None
+    finetune: Literal["all", "last_block"] = "all"
 
     def __post_init__(self) -> None:
         problems = []

@@ -123,6 +123,8 @@ class Trainer:
         task.describe()  # checks that both splits can be read, before any model is built
         torch.manual_seed(cfg.seed)
         self.raw_model = build_model(recipe.model).to(device)  # the bare module, for sampling
+        if cfg.init_from is not None:
+            start_from(self.raw_model, cfg, task)
         self.raw_model.grad_checkpointing = cfg.grad_checkpointing
         model = wrap(self.raw_model, setup, device)  # DDP or FSDP under torchrun
         self.model = torch.compile(model) if cfg.compile else model
@@ -311,6 +313,27 @@ class Trainer:
         text = self.task.sample(self.raw_model, self.device, generator, tokens)
         self.raw_model.train()
         return text
+
+
+def start_from(model: nn.Module, cfg: TrainConfig, task: Task) -> None:
+    """Finetuning: load a trained run's weights (into a classifier's base model), then, for
+    `finetune: last_block`, freeze everything but the last block, the final norm and the head."""
+    from llmkit.models.classifier import SequenceClassifier
+    from llmkit.run import checkpoint_path
+
+    path = checkpoint_path(cfg.init_from)
+    checkpoint = load_checkpoint(path)
+    check_tokenizer(task, checkpoint, path)
+    target = model.base if isinstance(model, SequenceClassifier) else model
+    try:
+        target.load_state_dict(checkpoint["model"])
+    except RuntimeError as e:
+        raise LlmkitError(f"{path} does not fit this model: {str(e).splitlines()[0]}",
+                          hint="take the model section from the base run (llmkit finetune --base does)") from None
+    if cfg.finetune == "last_block":
+        model.requires_grad_(False)
+        for part in (target.blocks[-1], target.norm_f, getattr(model, "head", target.lm_head)):
+            part.requires_grad_(True)
 
 
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:

@@ -69,9 +69,10 @@ def test_cuda_asked_for_but_absent_is_a_clear_error(workdir, cli):
     assert not (workdir / "runs").exists()
 
 
-def test_finetune_says_it_is_not_available_yet(cli):
-    result = cli("finetune")
-    assert result.code == 2 and "not available yet" in result.err
+def test_finetune_tasks_that_do_not_exist_yet_say_so(cli):
+    result = cli("finetune", "instruct")
+    assert result.code == 2 and "not available (yet)" in result.err and "Traceback" not in result.err
+    assert cli("finetune", "spam", "--mode", "last_block").code == 2  # needs --base
 
 
 def test_pipeline_commands_print_paths_on_stdout(workdir, cli):

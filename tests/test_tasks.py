@@ -13,6 +13,7 @@ from llmkit.generate import beam_search
 from llmkit.tasks.masked_lm import IGNORE, mask_tokens
 from llmkit.tasks.numbers import HELD_OUT, NumbersToWords, held_out, number_words
 from llmkit.trainer import train
+from llmkit.models import build_model
 
 from conftest import RECIPES
 
@@ -123,18 +124,20 @@ def test_encoder_refuses_to_generate(tmp_path, shared_data, cli):
     assert 0 <= report["masked_accuracy"] <= 1 and report["masked_tokens"] > 10_000
 
 
-def test_pooled_classifier_ignores_padding():
+@pytest.mark.parametrize("name", ["encoder", "gpt"])
+def test_sequence_classifier_ignores_padding(name):
     from llmkit.config import ModelConfig
-    from llmkit.models.encoder import PooledClassifier
 
     torch.manual_seed(0)
-    config = ModelConfig(name="encoder", vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    model = PooledClassifier(config, n_classes=3).eval()
+    config = ModelConfig(name=name, vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=8, n_classes=3)
+    model = build_model(config).eval()
     ids, mask = torch.randint(20, (2, 8)), torch.arange(8)[None].expand(2, 8) < 5
     other = ids.clone()
     other[:, 5:] = 0
     assert model(ids, mask).shape == (2, 3)
     torch.testing.assert_close(model(ids, mask), model(other, mask))
+    # The pooled vector is the last real token's (gpt) or the mean over real tokens (encoder).
+    torch.testing.assert_close(model(ids, mask), model(ids[:, :5]))
 
 
 def test_recipe_pairs_model_and_data():

@@ -32,6 +32,10 @@ MODELS: dict[str, type[nn.Module]] = {
 def build_model(config: ModelConfig) -> nn.Module:
     if config.vocab_size is None:
         raise ValueError("model.vocab_size must be known (from the tokenizer) to build a model")
+    if config.n_classes is not None:
+        from llmkit.models.classifier import SequenceClassifier
+
+        return SequenceClassifier(config)
     return MODELS[config.name](config)
 
 

@@ -3,7 +3,8 @@
 The trainer only knows the Task interface below; the model's kind picks the task:
 - decoders (bigram ... gpt): language modeling, next-token prediction (language_modeling.py);
 - encoder: masked language modeling, BERT's fill-in-the-blank (masked_lm.py);
-- seq2seq: translation of integers into English words, generated on the fly (numbers.py).
+- seq2seq: translation of integers into English words, generated on the fly (numbers.py);
+- any of them with model.n_classes: classification, spam or ham (classification.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def make_task(recipe: Recipe) -> Task:
     from llmkit.prepare import ensure_tokens
 
     name, block = recipe.model.name, recipe.model.block_size
+    if recipe.model.n_classes is not None:
+        from llmkit.tasks.classification import Classification
+
+        return Classification(recipe)
     if name == "seq2seq":
         from llmkit.tasks.numbers import NumbersToWords
 

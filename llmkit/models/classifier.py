@@ -1,0 +1,38 @@
+"""A sequence classifier: a language model's body with a small head that scores classes.
+
+    ids (B, T), mask (B, T) -> base.hidden (B, T, C) -> one vector per sequence (B, C) -> head -> (B, n_classes)
+
+Which vector stands for the sequence depends on the base: a causal decoder's last real token is
+the only position that has seen the whole message, so its hidden state is used (as in
+LLMs-from-scratch, chapter 6); an encoder's positions all see everything, so they are averaged.
+The base keeps its language-model head, unused here, so that a pretrained run's weights load into
+`base` unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from llmkit.config import ModelConfig
+
+
+class SequenceClassifier(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        from llmkit.models import MODELS
+
+        self.config = config
+        self.base = MODELS[config.name](dataclasses.replace(config, n_classes=None))
+        self.head = nn.Linear(config.n_embd, config.n_classes)
+
+    def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask (B, T) is True at real tokens; sequences are right-padded."""
+        if not self.base.causal:
+            return self.head(self.base.pool(idx, mask))  # (B, C): the mean over real tokens
+        h = self.base.hidden(idx, mask)  # (B, T, C)
+        B, T = idx.shape
+        last = mask.sum(dim=1) - 1 if mask is not None else torch.full((B,), T - 1, device=idx.device)
+        return self.head(h[torch.arange(B, device=h.device), last])
