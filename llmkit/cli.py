@@ -479,7 +479,7 @@ def finetune(
     recipe = load_recipe(find_recipe("spam"), [*(overrides or []), *extra, f"train.finetune={mode}"])
     if base is not None:
         trained = load_trained(base)  # its model section, with a 2-class head on top
-        model = dataclasses.replace(trained.config, n_classes=2, name=trained.config.name)
+        model = dataclasses.replace(trained.config, n_classes=2)
         recipe = dataclasses.replace(recipe, model=model, name=f"spam_{Path(base).name}",
                                      train=dataclasses.replace(recipe.train, init_from=str(trained.path)))
     elif mode != "all":
