@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmkit.bpe import EOT, GPT2_PATTERN, gpt2_tokenizer, train_bpe
-from llmkit.prepare import read_chunks, Span
+from llmkit.prepare import Span, read_chunks
 from llmkit.tokenizer import identity, tokenizer_from_dict
 
 VARIED = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import REPO
 
 from llmkit.tasks.classification import balanced_splits, metrics, read_spam
 
@@ -53,3 +54,23 @@ def test_finetune_spam_learns_and_classifies(workdir, cli):
     assert (first[0], second[0]) == ("spam", "ham") and 0.5 < float(first[1]) <= 1
     refused = cli("generate", run, "-p", "hi")
     assert refused.code == 2 and "classifier" in refused.err
+
+
+def test_finetune_from_a_base_run_loads_its_weights_and_freezes(workdir, cli):
+    import torch
+
+    from llmkit.run import load_trained
+
+    base = cli("train", REPO / "recipes/wikitext2_bpe.yaml", "train.max_steps=4", "train.eval_interval=4",
+               "train.eval_steps=1", "train.sample_tokens=0", "model.n_layer=2", "model.n_embd=32",
+               "data.vocab_size=300", "--device", "cpu")
+    assert base.code == 0, base.err
+    base_run = base.out.strip()
+    tuned = cli("finetune", "spam", "--base", base_run, "--mode", "last_block", "train.max_steps=3",
+                "train.eval_interval=3", "out_dir=runs/tuned", "--device", "cpu")
+    assert tuned.code == 0, tuned.err
+    before, after = load_trained(base_run).model, load_trained("runs/tuned").model
+    # Frozen: the embeddings and the first block are the base's; trained: the last block.
+    assert torch.equal(after.base.embed.wte.weight, before.embed.wte.weight)
+    assert torch.equal(after.base.blocks[0].mlp.fc.weight, before.blocks[0].mlp.fc.weight)
+    assert not torch.equal(after.base.blocks[-1].mlp.fc.weight, before.blocks[-1].mlp.fc.weight)

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.generate import (Sampling, StreamDecoder, beam_search, filter_logits, generate_batch,
-                             next_token, penalize_repeats)
+from llmkit.generate import (
+    Sampling,
+    StreamDecoder,
+    beam_search,
+    filter_logits,
+    generate_batch,
+    next_token,
+    penalize_repeats,
+)
 from llmkit.kv_cache import KVCache
 from llmkit.models import build_model
 from llmkit.tokenizer import CharTokenizer

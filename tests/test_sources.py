@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from llmkit.batches import EpochSampler, epoch_batch, sequential_batches, sliding_windows
+from llmkit.batches import (
+    EpochSampler,
+    epoch_batch,
+    sequential_batches,
+    sliding_windows,
+)
 from llmkit.config import DataConfig
 from llmkit.errors import LlmkitError
 from llmkit.prepare import ensure_tokens, tokenize_file
