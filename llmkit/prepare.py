@@ -231,9 +231,10 @@ def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: Da
         raise LlmkitError(f"{spans[0].path} is empty: there is nothing to tokenize")
     counts, alphabet, marks = _scan(spans, collect_chars=data.tokenizer == "char")
     if whole:
-        cut = _char_offset(splits, marks, int(counts[0] * (1 - data.val_fraction)))
+        train_chars = int(counts[0] * (1 - data.val_fraction))  # nanoGPT's split: text[:90%] / text[90%:]
+        cut = _char_offset(splits, marks, train_chars)
         splits = {"train": Span(splits.path, splits.start, cut), "val": Span(splits.path, cut, splits.end)}
-        counts = [int(counts[0] * (1 - data.val_fraction)), counts[0] - int(counts[0] * (1 - data.val_fraction))]
+        counts = [train_chars, counts[0] - train_chars]
     tokenizer = make_tokenizer(data, splits["train"], alphabet)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,12 +272,20 @@ def tokenize_file(text_path: str | Path, out_dir: str | Path, tokenizer_kind: st
     if not text_path.is_file():
         raise LlmkitError(f"text file not found: {text_path}")
     data = DataConfig(source=str(text_path), tokenizer=tokenizer_kind, val_fraction=val_fraction, **settings)
-    command = (f"llmkit tokenize {text_path} --tokenizer {tokenizer_kind} "
-               f"--val-fraction {val_fraction} --out {out_dir}")
-    if tokenizer_kind == "bpe":
-        command += f" --vocab-size {data.vocab_size}"
     source = {"path": str(text_path), "sha256": source_sha256 or file_sha256(text_path)}
-    return tokenize_spans(Span(text_path, 0, text_path.stat().st_size), out_dir, data, command, source)
+    return tokenize_spans(Span(text_path, 0, text_path.stat().st_size), out_dir, data,
+                          rebuild_command(str(text_path), data, out_dir, whole=True), source)
+
+
+def rebuild_command(shown: str, data: DataConfig, out: Path, whole: bool) -> str:
+    """The `llmkit tokenize` command that makes these shards again (named in meta.json and in
+    the message when a shard is damaged)."""
+    command = f"llmkit tokenize {shown} --tokenizer {data.tokenizer}"
+    if data.tokenizer == "bpe":
+        command += f" --vocab-size {data.vocab_size}"
+    if whole:
+        command += f" --val-fraction {data.val_fraction}"
+    return f"{command} --out {out}"
 
 
 def spool_stdin(directory: Path) -> Path:
@@ -367,9 +376,5 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
     how = (f"last {data.val_fraction:.0%} of the text for validation" if whole
            else "splits " + ", ".join(f"{s} <- {sp.path.name}" for s, sp in splits.items()))
     say(f"tokenizing {shown} -> {out} ({data.tokenizer} tokenizer, {how})")
-    command = f"llmkit tokenize {shown} --tokenizer {data.tokenizer} --out {out}"
-    if data.tokenizer == "bpe":
-        command += f" --vocab-size {data.vocab_size}"
-    if whole:
-        command += f" --val-fraction {data.val_fraction}"
-    return tokenize_spans(splits, out, data, command, {"path": shown, "sha256": sha256})
+    return tokenize_spans(splits, out, data, rebuild_command(shown, data, out, whole),
+                          {"path": shown, "sha256": sha256})

@@ -42,6 +42,11 @@ class RemoteFile:
     filename: str  # its name under <data root>/raw/<dataset>/
     members: tuple[Member, ...] = ()  # for an archive: what to extract (the archive is not kept)
 
+    @property
+    def targets(self) -> tuple[Member, ...]:
+        """What ends up in the dataset's directory: an archive's members, or the file itself."""
+        return self.members or (Member(self.filename, self.sha256, self.filename),)
+
 
 @dataclass(frozen=True)
 class HubDataset:
@@ -67,7 +72,7 @@ class Dataset:
     def filenames(self) -> list[str]:
         if self.hub is not None:
             return [f"{split}.txt" for split in self.hub.splits]
-        return [m.filename for f in self.files for m in f.members] or [f.filename for f in self.files]
+        return [m.filename for f in self.files for m in f.targets]
 
 
 # WikiText on the hub, at the commit that converted it to Parquet (Salesforce/wikitext, PR #8).
@@ -240,27 +245,19 @@ def _download_url(remote: RemoteFile, dest: Path) -> None:
 
 def _fetch(remote: RemoteFile, directory: Path, source: Path | None) -> None:
     """Make `remote` (or its members) present and verified in `directory`."""
-    if remote.members:
-        if source is not None and source.is_file() and zipfile.is_zipfile(source):
-            say(f"extracting {source} -> {directory}")
-            _check_archive(source, remote)
-            _extract_members(source, remote, directory, str(source))
-            return
-        found = {m: next((c for c in _local_candidates(remote, source, m.name) if c.is_file()), None)
-                 for m in remote.members}
-        if all(found.values()):
-            for member, path in found.items():
-                say(f"copying {path} -> {directory / member.filename}")
-                with open(path, "rb") as f:
-                    _copy_verified(f, directory / member.filename, member.sha256, str(path))
-            return
-    else:
-        for candidate in _local_candidates(remote, source, remote.filename):
-            if candidate.is_file():
-                say(f"copying {candidate} -> {directory / remote.filename}")
-                with open(candidate, "rb") as f:
-                    _copy_verified(f, directory / remote.filename, remote.sha256, str(candidate))
-                return
+    if remote.members and source is not None and source.is_file() and zipfile.is_zipfile(source):
+        say(f"extracting {source} -> {directory}")
+        _check_archive(source, remote)
+        _extract_members(source, remote, directory, str(source))
+        return
+    found = {m: next((c for c in _local_candidates(remote, source, m.name) if c.is_file()), None)
+             for m in remote.targets}
+    if all(found.values()):
+        for member, path in found.items():
+            say(f"copying {path} -> {directory / member.filename}")
+            with open(path, "rb") as f:
+                _copy_verified(f, directory / member.filename, member.sha256, str(path))
+        return
     if source is not None:
         raise LlmkitError(f"--source {source}: no {remote.mirror_path} or {remote.filename} there")
     if os.environ.get(MIRROR_ENV):
@@ -350,8 +347,7 @@ def download(name: str, data_root: str | Path = "data", source: str | Path | Non
         return _write_hub_dataset(dataset, directory, source)
     paths = []
     for remote in dataset.files:
-        expected = ([(directory / m.filename, m.sha256) for m in remote.members]
-                    or [(directory / remote.filename, remote.sha256)])
+        expected = [(directory / m.filename, m.sha256) for m in remote.targets]
         if not force and all(p.is_file() and file_sha256(p) == h for p, h in expected):
             say(f"{', '.join(str(p) for p, _ in expected)}: already present and verified: nothing to do")
         else:
