@@ -223,15 +223,16 @@ def plan(recipe: Recipe, device: torch.device, world: int = 1) -> Plan:
     activations = profile.activation_bytes
     # One block's activations, as a block saves them without checkpointing: backward's working
     # set; with checkpointing, the block recomputed for backward holds that much again.
+    plain = profile_forward(m, micro, False, t.precision) if t.grad_checkpointing else profile
     deeper = dataclasses.replace(m, n_layer=m.n_layer + 1)
-    block = (profile_forward(deeper, micro, False, t.precision).activation_bytes
-             - profile_forward(m, micro, False, t.precision).activation_bytes)
+    block = profile_forward(deeper, micro, False, t.precision).activation_bytes - plain.activation_bytes
     working = 2 * block if t.grad_checkpointing else block
     shard = world if t.distributed == "fsdp" else 1  # FSDP splits weights, gradients, optimizer
     accum = per_process // micro
-    flops = flops_per_token(m) * per_process * m.block_size
-    floor = flops / matmul_flops(device, micro * m.block_size, m.n_embd, t.precision)
-    result = Plan(params, flops_per_token(m), t.batch_size * m.block_size, micro, 4 * params // shard,
+    per_token = flops_per_token(m)
+    floor = per_token * per_process * m.block_size / matmul_flops(device, micro * m.block_size, m.n_embd,
+                                                                  t.precision)
+    result = Plan(params, per_token, t.batch_size * m.block_size, micro, 4 * params // shard,
                   4 * params // shard, 8 * params // shard, activations, working, floor, None,
                   device_memory(device))
     if result.fits:
