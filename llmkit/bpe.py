@@ -146,21 +146,60 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> BytePairTokenizer:
     return BytePairTokenizer.from_hf(hf)
 
 
-def gpt2_tokenizer(directory: str | Path) -> BytePairTokenizer:
-    """GPT-2's tokenizer from its encoder.json (token -> id) and vocab.bpe (the merges, in order)."""
+def gpt2_tokenizer(directory: str | Path, vocab: str = "encoder.json", merges: str = "vocab.bpe") -> BytePairTokenizer:
+    """GPT-2's tokenizer from its encoder.json (token -> id) and vocab.bpe (the merges, in order).
+    A Hugging Face directory holds the same two files as vocab.json and merges.txt."""
     directory = Path(directory)
     try:
-        encoder = json.loads((directory / "encoder.json").read_text(encoding="utf-8"))
-        merges = (directory / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:-1]
+        encoder = json.loads((directory / vocab).read_text(encoding="utf-8"))
+        lines = (directory / merges).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError as e:
         raise LlmkitError(f"GPT-2 tokenizer file missing: {e.filename}",
                           hint="llmkit download gpt2_tokenizer (or --source ../shared/data/gpt2_tokenizer)") from None
+    merge_list = [line for line in lines if line and not line.startswith("#version")]
     table = {s: b for b, s in byte_symbols().items()}
     tokens: list[bytes | None] = [None] * len(encoder)
     for symbol, i in encoder.items():
         tokens[i] = None if symbol == EOT else symbols_to_bytes(symbol, table)
-    for n, merge in enumerate(merges):  # GPT-2's ids are 256 bytes, then one id per merge in order
+    previous = -1
+    for n, merge in enumerate(merge_list):  # ids must follow merge order (GPT-2's: 256 + n)
         a, b = merge.split(" ")
-        if encoder.get(a + b) != 256 + n:
-            raise LlmkitError(f"{directory}: encoder.json and vocab.bpe disagree at merge {n} ({merge!r})")
+        if encoder.get(a + b, -1) <= previous:
+            raise LlmkitError(f"{directory}: {vocab} and {merges} disagree at merge {n} ({merge!r})")
+        previous = encoder[a + b]
     return BytePairTokenizer("gpt2", tokens, {EOT: encoder[EOT]})
+
+
+def merges_of(tokenizer: BytePairTokenizer) -> list[tuple[bytes, bytes]]:
+    """The merges that build the table, in rank order: for each multi-byte token, the two tokens
+    BPE joins last to make it. They follow from the ranks alone: encode the token's bytes with only
+    the lower-ranked tokens, which must leave exactly two parts (tiktoken keeps no merge list)."""
+    ranks = {t: i for i, t in enumerate(tokenizer.tokens) if t is not None}
+    merges = []
+    for rank, token in enumerate(tokenizer.tokens):
+        if token is None or len(token) == 1:
+            continue
+        parts = [token[i : i + 1] for i in range(len(token))]
+        while len(parts) > 2:  # merge the lowest-ranked adjacent pair, as encoding does
+            pairs = [(ranks.get(parts[i] + parts[i + 1], rank), i) for i in range(len(parts) - 1)]
+            best, i = min(pairs)
+            if best >= rank:
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2:
+            raise LlmkitError(f"the {tokenizer.kind} table cannot build token {rank} from two earlier tokens")
+        merges.append((parts[0], parts[1]))
+    return merges
+
+
+def save_gpt2_files(tokenizer: BytePairTokenizer, directory: str | Path) -> None:
+    """vocab.json and merges.txt, the form GPT-2's tokenizer takes in Hugging Face `transformers`."""
+    from llmkit.atomic import atomic_write_text
+
+    symbols = byte_symbols()
+    spell = lambda token: "".join(symbols[b] for b in token)  # noqa: E731
+    special_names = {i: name for name, i in tokenizer.specials.items()}
+    vocab = {special_names[i] if t is None else spell(t): i for i, t in enumerate(tokenizer.tokens)}
+    lines = ["#version: 0.2", *(f"{spell(a)} {spell(b)}" for a, b in merges_of(tokenizer))]
+    atomic_write_text(Path(directory) / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(Path(directory) / "merges.txt", "\n".join(lines) + "\n")

@@ -35,6 +35,11 @@ Device = Annotated[Optional[str], typer.Option(
     show_default=False)]
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Root of raw/ and tokens/ directories.")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+JudgeUrl = Annotated[Optional[str], typer.Option(
+    help="Also score answers with a judge model at this OpenAI-compatible endpoint (e.g. "
+    "http://localhost:11434/v1); the key, if any, comes from $OPENAI_API_KEY.", show_default=False)]
+JudgeModel = Annotated[Optional[str], typer.Option(help="The judge's model name (with --judge-url).",
+                                                   show_default=False)]
 
 
 def _version(value: bool) -> None:
@@ -197,12 +202,16 @@ def eval_(
         min=1, help="Start context windows this many tokens apart (default: the context length); "
         "smaller gives each token more context.", show_default=False)] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    judge_url: JudgeUrl = None,
+    judge_model: JudgeModel = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure a trained model on every example of a split, or on a text file.
 
     Language models: loss, perplexity, bits per byte and per character, next-token accuracy.
     Encoder: masked-token loss and accuracy. Seq2seq: exact match on the held-out numbers.
+    Classifiers: accuracy, precision, recall, F1. Instruction-tuned runs: the loss on responses;
+    on the test split also the model's answers (RUN/test_responses.json), exact match and ROUGE-L.
     Examples: llmkit eval runs/shakespeare_char --json | llmkit eval runs/wikitext2_bpe --text notes.txt --stride 64
     """
     from llmkit.device import resolve_device
@@ -221,7 +230,14 @@ def eval_(
         result, source, split = _evaluate_text(trained, text, batch_size, stride, target), str(text), "text"
     else:
         task = task_for(trained, data)
+        instruct = task.data_info.get("source") == "instruct"
+        judge = _judge(judge_url, judge_model, "instruct" if instruct else trained.config.name)
+        if instruct and stride is not None:
+            raise LlmkitError("--stride is for language models on token shards; an instruct run is scored per answer")
         extra = {"beam": beam} if trained.config.name == "seq2seq" else {"stride": stride} if is_lm else {}
+        if instruct:
+            run_dir = trained.path.parent if trained.path.is_file() else trained.path
+            extra = {"responses": run_dir / f"{split}_responses.json", "judge": judge}
         result = task.evaluate(trained.model, split, batch_size, target, **extra)
         source = task.data_info.get("source") or task.data_info["tokens"] or "generated"
     result = {"checkpoint": str(trained.path), "step": trained.checkpoint["step"], "data": source,
@@ -233,8 +249,9 @@ def eval_(
               "bits_per_char": "bits per char", "accuracy": "next-token accuracy",
               "masked_accuracy": "masked-token accuracy", "exact_match": "exact match"}
     labels.update({"precision": "precision (spam)", "recall": "recall (spam)", "f1": "F1 (spam)",
-                   "unseen_accuracy": "accuracy, texts not in train"})
-    percent = ("accuracy", "masked_accuracy", "exact_match", "precision", "recall", "f1", "unseen_accuracy")
+                   "unseen_accuracy": "accuracy, texts not in train", "rouge_l": "ROUGE-L F1",
+                   "judge_score": "judge score (0-100)"})
+    percent = ("accuracy", "masked_accuracy", "exact_match", "precision", "recall", "f1", "unseen_accuracy", "rouge_l")
     rows = [("checkpoint", f"{result['checkpoint']} (step {result['step']})"),
             ("split", f"{split} of {result['data']}" if split != "text" else result["data"])]
     rows += [(label, f"{result[key]:.2%}" if key in percent else f"{result[key]:.4f}")
@@ -247,6 +264,8 @@ def eval_(
         print(f"confusion (rows: truth; columns: predicted)\n           ham   spam\n  ham  {tn:>6} {fp:>6}\n  spam {fn:>6} {tp:>6}")
     for error in result.get("errors", []):
         print(f"  wrong: {error['number']} -> {error['output']!r} (reference {error['reference']!r})")
+    if "responses" in result:
+        print(f"{'answers':<{width}}  {result['responses']}")
 
 
 @app.command()
@@ -447,22 +466,32 @@ def _translate_lines(trained, text: str, beam: int, device) -> None:
         print(f"{number}\t{words}")
 
 
+FINETUNE_TASKS = ("spam", "instruct")
+
+
 @app.command()
 def finetune(
-    task: Annotated[str, typer.Argument(help="What to finetune for: spam.", show_default=False)],
+    task: Annotated[str, typer.Argument(help="What to finetune for: spam or instruct.", show_default=False)],
     overrides: Overrides = None,
     base: Annotated[Optional[str], typer.Option(
-        help="Start from this trained run (or checkpoint): its model and tokenizer. Default: from scratch.",
+        help="Start from this trained run or checkpoint, a Hugging Face GPT-2 directory, or hf:REPO_ID "
+        "(fetched from the hub): its model and tokenizer. Default: the recipe's model, from scratch.",
         show_default=False)] = None,
-    mode: Annotated[str, typer.Option(help="Train all weights, or only the last block and the head.")] = "all",
+    mode: Annotated[str, typer.Option(
+        help="What trains: all weights; the last block, final norm and head (last_block); or LoRA "
+        "adapters (lora; set train.lora.rank=... train.lora.modules=...).")] = "all",
     device: Device = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")] = False,
+    judge_url: JudgeUrl = None,
+    judge_model: JudgeModel = None,
 ) -> None:
-    """Finetune a classifier and report its test accuracy; prints the run directory.
+    """Finetune for a task, then measure it on the test split; prints the run directory.
 
-    spam: the SMS Spam Collection, balanced and split as LLMs-from-scratch does (recipes/spam.yaml).
-    Examples: llmkit finetune spam | llmkit finetune spam --base runs/wikitext2_bpe --mode last_block
-    | llmkit finetune spam train.max_steps=300
+    spam: a classifier on the SMS Spam Collection, balanced and split as LLMs-from-scratch does
+    (recipes/spam.yaml). instruct: instruction following on 1,100 entries in the Alpaca format
+    (recipes/instruct.yaml); the test answers go to RUN/test_responses.json with their scores.
+    Examples: llmkit finetune spam | llmkit finetune spam --base runs/wikitext2_bpe --mode lora
+    | llmkit finetune instruct --base runs/wikitext2_bpe train.max_steps=200
     """
     import dataclasses
 
@@ -470,22 +499,29 @@ def finetune(
     from llmkit.run import load_trained
     from llmkit.trainer import train
 
-    if task != "spam":
-        raise LlmkitError(f"llmkit finetune {task} is not available (yet): spam is",
+    if task not in FINETUNE_TASKS:
+        raise LlmkitError(f"llmkit finetune {task} is not available: choose {' or '.join(FINETUNE_TASKS)}",
                           hint="llmkit finetune spam")
-    if mode not in ("all", "last_block"):
-        raise LlmkitError(f"--mode must be all or last_block, got '{mode}'")
-    extra = [f"train.device={device}"] if device else []
-    recipe = load_recipe(find_recipe("spam"), [*(overrides or []), *extra, f"train.finetune={mode}"])
+    if mode not in ("all", "last_block", "lora"):
+        raise LlmkitError(f"--mode must be all, last_block or lora, got '{mode}'")
+    if mode != "all" and base is None:
+        raise LlmkitError(f"--mode {mode} needs --base RUN (a model trained from scratch has no pretrained weights to keep)")
+    judge = _judge(judge_url, judge_model, task)
+    first, extra = [], [f"train.device={device}"] if device else []
     if base is not None:
-        trained = load_trained(base)  # its model section, with a 2-class head on top
-        model = dataclasses.replace(trained.config, n_classes=2)
-        recipe = dataclasses.replace(recipe, model=model, name=f"spam_{Path(base).name}",
-                                     train=dataclasses.replace(recipe.train, init_from=str(trained.path)))
-    elif mode != "all":
-        raise LlmkitError("--mode last_block needs --base RUN (a model trained from scratch has no pretrained blocks)")
+        trained = load_trained(base)  # its model section (with a 2-class head on top for spam)
+        first.append(f"name={task}_{trained.path.name}")  # the user's name= or out_dir= still win
+        extra.append(f"train.init_from={trained.path}")
+    recipe = load_recipe(find_recipe(task), [*first, *(overrides or []), *extra, f"train.finetune={mode}"])
+    if base is not None:
+        model = dataclasses.replace(trained.config, n_classes=2 if task == "spam" else None,
+                                    dropout=recipe.model.dropout)
+        recipe = dataclasses.replace(recipe, model=model)
     run = train(recipe, overwrite=overwrite)
-    _report_classifier(run, "test")
+    if task == "spam":
+        _report_classifier(run, "test")
+    else:
+        _report_instruct(run, judge)
     print(run)
 
 
@@ -504,6 +540,32 @@ def _report_classifier(run, split: str) -> None:
         say(f"{split}: accuracy {result['unseen_accuracy']:.2%} on the {result['unseen']} messages that do "
             "not also occur, word for word, in the training split")
     say(f"confusion (rows: truth ham, spam; columns: predicted ham, spam): [[{tn}, {fp}], [{fn}, {tp}]]")
+
+
+def _judge(url: str | None, model: str | None, task: str):
+    if url is None and model is None:
+        return None
+    if url is None or model is None:
+        raise LlmkitError("a judge needs both --judge-url and --judge-model")
+    if task not in ("instruct", None):
+        raise LlmkitError(f"--judge-url scores instruction answers; {task} has none")
+    from llmkit.scoring import Judge
+
+    return Judge(url, model, os.environ.get("OPENAI_API_KEY"))
+
+
+def _report_instruct(run, judge) -> None:
+    """Test loss and the scores of the model's test answers (stderr); the answers go to the run."""
+    from llmkit.console import say
+    from llmkit.device import resolve_device
+    from llmkit.run import load_trained, task_for
+
+    trained = load_trained(run, "best", resolve_device("auto"))
+    device = next(trained.model.parameters()).device
+    result = task_for(trained).evaluate(trained.model, "test", 16, device, Path(run) / "test_responses.json", judge)
+    judged = f", judge {result['judge_score']:.1f}/100 ({result['judge']})" if judge else ""
+    say(f"test: loss {result['loss']:.4f} on the responses; {result['examples']} answers: exact match "
+        f"{result['exact_match']:.2%}, ROUGE-L F1 {result['rouge_l']:.2%}{judged}; written to {result['responses']}")
 
 
 @app.command()
@@ -534,6 +596,39 @@ def classify(
             print(json.dumps({"text": line, "label": LABELS[label], "probability": p[label]}, ensure_ascii=False))
         else:
             print(f"{LABELS[label]}\t{p[label]:.4f}")
+
+
+@app.command()
+def export(
+    run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="The directory to write.", show_default=False)],
+    format: Annotated[str, typer.Option(help="hf: a Hugging Face GPT-2 directory (config.json, "
+                                        "model.safetensors, vocab.json, merges.txt).")] = "hf",
+    checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
+) -> None:
+    """Write a GPT-2-shaped run in another library's format; prints the files written.
+
+    LoRA adapters are merged into the weights first. The result loads with transformers:
+    GPT2LMHeadModel.from_pretrained(DIR) and AutoTokenizer.from_pretrained(DIR).
+    Example: llmkit export runs/gpt2_124m --out exports/gpt2_124m
+    """
+    from llmkit.hf_gpt2 import save_hf_directory
+    from llmkit.run import load_trained
+
+    if format != "hf":
+        raise LlmkitError(f"--format must be hf, got '{format}'")
+    trained = load_trained(run, checkpoint, merge=True)
+    if trained.config.n_classes is not None:
+        raise LlmkitError(f"{trained.path} is a classifier; only language models export to GPT2LMHeadModel")
+    if out.exists() and not out.is_dir():
+        raise LlmkitError(f"--out {out} is a file, not a directory")
+    written = save_hf_directory(trained.model, trained.config, trained.tokenizer, out)
+    for path in written:
+        print(path)
+    if out / "vocab.json" not in written:
+        from llmkit.console import say
+
+        say(f"note: the {trained.tokenizer.kind} tokenizer has no Hugging Face GPT-2 form; only the model was written")
 
 
 def main() -> None:

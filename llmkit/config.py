@@ -147,6 +147,30 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters for `train.finetune: lora` (llmkit/lora.py)."""
+
+    rank: int = 8  # r: the adapters' inner width
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # on the adapters' input
+    # Which linear layers of each block get adapters, by their path inside the block,
+    # comma-separated: attn (q, kv and proj), mlp (fc and proj), or single ones like attn.q.
+    modules: str = "attn,mlp"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.rank < 1:
+            problems.append(f"rank: must be at least 1, got {self.rank}")
+        if self.alpha <= 0:
+            problems.append(f"alpha: must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
+        if not self.modules.strip(", "):
+            problems.append("modules: name at least one layer (attn, mlp, attn.q, ...)")
+        _raise_if(problems)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 12  # sequences per optimizer step, over all processes and micro-batches
     # Sequences per forward pass on each process; batch_size / (micro_batch_size x processes)
@@ -172,11 +196,13 @@ class TrainConfig:
     # Under torchrun: ddp replicates the model on every process; fsdp shards weights, gradients
     # and optimizer state across them (for models that do not fit one device).
     distributed: Literal["ddp", "fsdp"] = "ddp"
-    # Start from the weights of this run directory or checkpoint (finetuning); a classifier takes
-    # them into its base model. `finetune`: train every weight, or only the last block, the final
-    # norm and the classification head.
+    # Start from the weights of this run directory or checkpoint, or of a Hugging Face GPT-2
+    # directory (finetuning); a classifier takes them into its base model. `finetune`: train every
+    # weight; only the last block, the final norm and a classifier's head; or LoRA adapters (and
+    # a classifier's head), everything else frozen.
     init_from: str | None = None
-    finetune: Literal["all", "last_block"] = "all"
+    finetune: Literal["all", "last_block", "lora"] = "all"
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def __post_init__(self) -> None:
         problems = []
@@ -200,6 +226,9 @@ class TrainConfig:
                 problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         if not _DEVICE.match(self.device):
             problems.append(f"device: expected auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        if self.finetune != "all" and self.init_from is None:
+            problems.append(f"finetune: {self.finetune} freezes pretrained weights, so it needs init_from "
+                            "(a trained run to start from)")
         _raise_if(problems)
 
 

@@ -13,6 +13,7 @@ cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -110,3 +111,98 @@ def hf_config_dict(config: ModelConfig) -> dict:
             "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
             "layer_norm_epsilon": config.norm_eps, "resid_pdrop": config.dropout,
             "embd_pdrop": config.dropout, "attn_pdrop": config.dropout, "tie_word_embeddings": True}
+
+
+# --- Hugging Face directories: what `save_pretrained` writes and `from_pretrained` reads ----------
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_PREFIX = "hf:"  # `hf:openai-community/gpt2`: a model on the Hugging Face hub
+
+
+def is_hf_directory(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
+
+
+def fetch_from_hub(name: str) -> Path:
+    """Download a GPT-2 model's config, weights and tokenizer files from the hub (cached by
+    huggingface_hub); `name` is `hf:REPO_ID`."""
+    repo = name[len(HUB_PREFIX):]
+    try:
+        from huggingface_hub import list_repo_files, snapshot_download
+
+        files = set(list_repo_files(repo))
+        weights = next((f for f in WEIGHT_FILES if f in files), None)
+        if weights is None:
+            raise LlmkitError(f"{repo} on the hub has none of {', '.join(WEIGHT_FILES)}")
+        return Path(snapshot_download(repo, allow_patterns=["config.json", weights, "vocab.json", "merges.txt"]))
+    except LlmkitError:
+        raise
+    except Exception as e:  # no network, unknown repo, no huggingface_hub: one message either way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LlmkitError(f"cannot fetch {repo} from the Hugging Face hub: {first}",
+                          hint="on a machine without network, give a local directory holding config.json, "
+                          "model.safetensors (or pytorch_model.bin), vocab.json and merges.txt") from None
+
+
+def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The state dict of a directory's safetensors or pytorch_model.bin file (loaded without
+    running code), with GPT2Model's bare names (`h.0...`) given GPT2LMHeadModel's `transformer.`."""
+    path = next(directory / f for f in WEIGHT_FILES if (directory / f).is_file())
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LlmkitError(f"cannot read the weights in {path}: {str(e).strip().splitlines()[0]}") from None
+    return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in state.items()}
+
+
+def load_hf_directory(directory: Path):
+    """(ModelConfig, llmkit state dict, tokenizer) of a Hugging Face GPT-2 directory."""
+    import json
+
+    from llmkit.bpe import gpt2_tokenizer
+
+    try:
+        hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LlmkitError(f"cannot read {directory / 'config.json'}: {e}") from None
+    config = config_from_hf(hf_config)
+    state = from_hf_state_dict(read_hf_weights(directory), config)
+    tokenizer = gpt2_tokenizer(directory, "vocab.json", "merges.txt")
+    if tokenizer.vocab_size > config.vocab_size:
+        raise LlmkitError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
+                          f"{config.vocab_size}")
+    return config, state, tokenizer
+
+
+def save_hf_directory(model: torch.nn.Module, config: ModelConfig, tokenizer, directory: Path) -> list[Path]:
+    """Write a GPT-2-shaped model as `GPT2LMHeadModel.from_pretrained` reads it: config.json,
+    model.safetensors and (for byte-level BPE tokenizers) vocab.json + merges.txt. The tied
+    output head is stored once, as transformers itself does."""
+    import json
+
+    from safetensors.torch import save
+
+    from llmkit.atomic import atomic_open, atomic_write_text
+    from llmkit.bpe import BytePairTokenizer, save_gpt2_files
+
+    state = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, config)
+    del state["lm_head.weight"]
+    hf_config = hf_config_dict(config)
+    eot = getattr(tokenizer, "eot_id", None)
+    if eot is not None:  # GPT2Config assumes 50256, GPT-2's own <|endoftext|>
+        hf_config.update(bos_token_id=eot, eos_token_id=eot)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(directory / "config.json", json.dumps(hf_config, indent=2) + "\n")
+    with atomic_open(directory / "model.safetensors", "wb") as f:
+        f.write(save(state, metadata={"format": "pt"}))  # the metadata transformers checks for
+    written = [directory / "config.json", directory / "model.safetensors"]
+    if isinstance(tokenizer, BytePairTokenizer):
+        save_gpt2_files(tokenizer, directory)
+        written += [directory / "vocab.json", directory / "merges.txt"]
+    return written
+

@@ -38,6 +38,7 @@ from llmkit.console import console, say
 from llmkit.device import resolve_device
 from llmkit.distributed import Distributed, device_for, from_environment, shutdown, wrap
 from llmkit.errors import RUN_FAILED, LlmkitError
+from llmkit.lora import add_lora
 from llmkit.metrics import MetricsLog
 from llmkit.models import build_model, count_parameters, describe
 from llmkit.planner import flops_per_token, peak_flops
@@ -153,6 +154,8 @@ class Trainer:
             "tokenizer_identity": self.task.identity,
             "data": self.task.data_info,
             "recipe": dataclasses.asdict(self.recipe),
+            # Which adapters the weights include, so a LoRA run loads without its recipe.
+            "lora": dataclasses.asdict(self.train_cfg.lora) if self.train_cfg.finetune == "lora" else None,
             **dataclasses.asdict(self.state),
         }
         if full:
@@ -316,24 +319,29 @@ class Trainer:
 
 
 def start_from(model: nn.Module, cfg: TrainConfig, task: Task) -> None:
-    """Finetuning: load a trained run's weights (into a classifier's base model), then, for
-    `finetune: last_block`, freeze everything but the last block, the final norm and the head."""
+    """Finetuning: load a trained run's (or a Hugging Face GPT-2's) weights into the model (into a
+    classifier's base), then choose what trains: everything; the last block, the final norm and
+    the head; or LoRA adapters (llmkit/lora.py) and a classifier's new head."""
     from llmkit.models.classifier import SequenceClassifier
-    from llmkit.run import checkpoint_path
+    from llmkit.run import load_trained
 
-    path = checkpoint_path(cfg.init_from)
-    checkpoint = load_checkpoint(path)
-    check_tokenizer(task, checkpoint, path)
+    base = load_trained(cfg.init_from, merge=True)  # a LoRA base run counts with its adapters folded in
+    check_tokenizer(task, base.checkpoint, base.path)
     target = model.base if isinstance(model, SequenceClassifier) else model
     try:
-        target.load_state_dict(checkpoint["model"])
+        target.load_state_dict(base.model.state_dict())
     except RuntimeError as e:
-        raise LlmkitError(f"{path} does not fit this model: {str(e).splitlines()[0]}",
+        raise LlmkitError(f"{base.path} does not fit this model: {str(e).splitlines()[0]}",
                           hint="take the model section from the base run (llmkit finetune --base does)") from None
+    head = getattr(model, "head", None)  # a classifier's new head always trains
     if cfg.finetune == "last_block":
         model.requires_grad_(False)
-        for part in (target.blocks[-1], target.norm_f, getattr(model, "head", target.lm_head)):
+        for part in (target.blocks[-1], target.norm_f, head or target.lm_head):
             part.requires_grad_(True)
+    elif cfg.finetune == "lora":
+        add_lora(model, cfg.lora)
+        if head is not None:
+            head.requires_grad_(True)
 
 
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:
@@ -399,7 +407,9 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed) ->
         save_tokenizer(task.tokenizer, recipe.run_dir / TOKENIZER)
 
     m, t = recipe.model, recipe.train
-    say(f"model {m.name}: {count_parameters(trainer.raw_model):,} parameters ({describe(m)})")
+    total, trainable = sum(p.numel() for p in trainer.raw_model.parameters()), count_parameters(trainer.raw_model)
+    frozen = f", {trainable:,} trainable ({trainable / total:.2%}, {t.finetune})" if trainable < total else ""
+    say(f"model {m.name}: {total:,} parameters{frozen} ({describe(m)})")
     say(task.describe())
     micro = f" ({trainer.accum_steps} micro-batches)" if trainer.accum_steps > 1 else ""
     procs = f" over {setup.world} processes ({setup.kind})" if setup.enabled else ""

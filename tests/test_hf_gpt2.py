@@ -3,6 +3,8 @@ config. Same weights (through the name table) must give the same logits, gradien
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -72,3 +74,106 @@ def test_non_gpt2_shapes_are_refused():
     config = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="rope")
     with pytest.raises(LlmkitError, match="positions='rope'"):
         to_hf_state_dict(build_model(config).state_dict(), config)
+
+
+# --- whole directories: import from `save_pretrained`, export for `from_pretrained` ------------
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory, mirror):
+    """A tiny random GPT-2 with GPT-2's real tokenizer files, as `save_pretrained` writes it."""
+    import shutil
+
+    torch.manual_seed(1)
+    hf_config = transformers.GPT2Config(vocab_size=50257, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0.0, 0.1)
+    directory = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    hf.save_pretrained(directory)
+    shutil.copy(mirror / "gpt2_tokenizer/encoder.json", directory / "vocab.json")
+    shutil.copy(mirror / "gpt2_tokenizer/vocab.bpe", directory / "merges.txt")
+    return hf, directory
+
+
+def test_an_hf_directory_loads_with_transformers_logits(hf_dir, tmp_path, mirror):
+    import shutil
+
+    from llmkit.bpe import gpt2_tokenizer
+    from llmkit.run import load_trained
+    from llmkit.tokenizer import identity
+
+    hf, directory = hf_dir
+    assert (directory / "model.safetensors").is_file()
+    ids = torch.randint(50257, (2, 40))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        trained = load_trained(directory)
+        torch.testing.assert_close(trained.model(ids), expected, atol=1e-5, rtol=1e-5)
+    # vocab.json + merges.txt are GPT-2's encoder.json + vocab.bpe: the same tokenizer, same identity
+    assert identity(trained.tokenizer) == identity(gpt2_tokenizer(mirror / "gpt2_tokenizer"))
+    # pytorch_model.bin holding GPT2Model's bare names (`h.0...`), as older checkpoints do
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("config.json", "vocab.json", "merges.txt"):
+        shutil.copy(directory / name, bin_dir / name)
+    torch.save(hf.transformer.state_dict(), bin_dir / "pytorch_model.bin")
+    with torch.no_grad():
+        torch.testing.assert_close(load_trained(bin_dir).model(ids), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_hf_directory_generates_and_finetunes_from_the_cli(hf_dir, workdir, cli):
+    hf, directory = hf_dir
+    prompt = "The meaning of life"
+    out = cli("generate", directory, "-p", prompt, "-n", "8", "--temperature", "0", "--no-echo", "--json")
+    assert out.code == 0, out.err
+    ids = torch.tensor([hf_tokens(directory, prompt)])
+    expected = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+    assert json.loads(out.out)["text"] == tokenizer.decode(expected) and len(set(expected)) > 1
+    refused = cli("eval", directory)
+    assert refused.code == 2 and "--text" in refused.err
+    tuned = cli("finetune", "spam", "--base", directory, "--mode", "lora", "train.max_steps=2",
+                "train.eval_interval=2", "train.eval_steps=1", "--device", "cpu")
+    assert tuned.code == 0, tuned.err
+    assert "trainable" in tuned.err and "spam_tiny-gpt2" in tuned.out
+
+
+def hf_tokens(directory, text: str) -> list[int]:
+    """The ids transformers' own tokenizer gives for text, from the directory's files."""
+    return transformers.AutoTokenizer.from_pretrained(directory)(text)["input_ids"]
+
+
+def test_export_loads_in_from_pretrained_with_the_same_logits_and_tokens(workdir, cli):
+    from llmkit.run import load_trained
+
+    base = cli("train", "wikitext2_bpe", "model.bias=true", "model.n_layer=2", "model.n_embd=32",
+               "data.vocab_size=300", "train.max_steps=3", "train.eval_interval=3", "train.eval_steps=1",
+               "train.sample_tokens=0", "out_dir=runs/small", "--device", "cpu")
+    assert base.code == 0, base.err
+    lora = cli("train", "wikitext2_bpe", "model.bias=true", "model.n_layer=2", "model.n_embd=32",
+               "data.vocab_size=300", "train.max_steps=3", "train.eval_interval=3", "train.eval_steps=1",
+               "train.sample_tokens=0", "out_dir=runs/small_lora", "train.init_from=runs/small",
+               "train.finetune=lora", "train.lr=0.05", "--device", "cpu")
+    assert lora.code == 0, lora.err
+    text = "The city of Paris , in 1889 , built a tower."
+    for run in ("runs/small", "runs/small_lora"):
+        exported = cli("export", run, "--out", f"{run}_hf")
+        assert exported.code == 0, exported.err
+        assert {p.rsplit("/", 1)[-1] for p in exported.out.split()} == {"config.json", "model.safetensors",
+                                                                         "vocab.json", "merges.txt"}
+        ours = load_trained(run)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(f"{run}_hf").eval()
+        ids = hf_tokens(f"{run}_hf", text)
+        assert ids == ours.tokenizer.encode(text).tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(hf(torch.tensor([ids])).logits, ours.model(torch.tensor([ids])),
+                                       atol=1e-5, rtol=1e-5)
+    refused = cli("export", "runs/small", "--out", "x", "--format", "onnx")
+    assert refused.code == 2 and "--format" in refused.err
+
+
+def test_export_refuses_models_gpt2_cannot_hold(debug_run, workdir, cli):
+    refused = cli("export", debug_run, "--out", "exported")
+    assert refused.code == 2 and "not GPT-2-shaped" in refused.err and "Traceback" not in refused.err

@@ -4,7 +4,8 @@ The trainer only knows the Task interface below; the model's kind picks the task
 - decoders (bigram ... gpt): language modeling, next-token prediction (language_modeling.py);
 - encoder: masked language modeling, BERT's fill-in-the-blank (masked_lm.py);
 - seq2seq: translation of integers into English words, generated on the fly (numbers.py);
-- any of them with model.n_classes: classification, spam or ham (classification.py).
+- any of them with model.n_classes: classification, spam or ham (classification.py);
+- a decoder on data.source instruct: instruction tuning, the loss on responses only (instruct.py).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def make_task(recipe: Recipe) -> Task:
         from llmkit.tasks.classification import Classification
 
         return Classification(recipe)
+    if recipe.data.source == "instruct":
+        if name not in ("single_block_transformer", "gpt"):
+            raise LlmkitError(f"instruction tuning needs a decoder that generates with a cache (gpt), not {name}")
+        from llmkit.tasks.instruct import Instruct
+
+        return Instruct(recipe)
     if name == "seq2seq":
         from llmkit.tasks.numbers import NumbersToWords
 

@@ -67,11 +67,9 @@ def make_tokenizer(recipe: Recipe, texts: list[str]) -> Tokenizer:
     """The base run's tokenizer when finetuning, else one learned from the training texts. Byte-level
     only: a classifier must take any text a user sends it."""
     if recipe.train.init_from is not None:  # the tokenizer only: the trainer loads the weights
-        from llmkit.checkpoint import load_checkpoint
-        from llmkit.run import checkpoint_path
-        from llmkit.tokenizer import tokenizer_from_dict
+        from llmkit.run import base_tokenizer
 
-        return tokenizer_from_dict(load_checkpoint(checkpoint_path(recipe.train.init_from))["tokenizer"])
+        return base_tokenizer(recipe.train.init_from)
     if recipe.data.tokenizer == "bpe":
         from llmkit.bpe import train_bpe
 

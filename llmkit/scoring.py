@@ -1,0 +1,105 @@
+"""Scoring generated answers against references: exact match, ROUGE-L, and an optional judge.
+
+- Exact match: the answer equals the reference after lower-casing, collapsing whitespace and
+  dropping the punctuation at either end ("The capital is Paris." = "the capital is paris").
+- ROUGE-L (Lin, 2004): with the words of both as sequences (lower-cased, \\w+ runs), the longest
+  common subsequence L gives precision L / |answer|, recall L / |reference| and their harmonic
+  mean F1, which is reported: it credits the right words in the right order even when phrasing
+  differs, and needs no model, so the scores are the same on every machine.
+- Judge: a chat model behind any OpenAI-compatible endpoint (`POST {url}/chat/completions`) is
+  asked for a 0-100 score per answer, as LLMs-from-scratch asks Llama 3 through Ollama.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+from llmkit.errors import LlmkitError
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split()).strip(string.punctuation + " ")
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    return normalize(answer) == normalize(reference)
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def lcs_length(a: list[str], b: list[str]) -> int:
+    """Longest common subsequence, by dynamic programming over one row at a time."""
+    previous = [0] * (len(b) + 1)
+    for x in a:
+        current = [0]
+        for j, y in enumerate(b):
+            current.append(previous[j] + 1 if x == y else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def rouge_l(answer: str, reference: str) -> float:
+    """ROUGE-L F1 of the answer's words against the reference's."""
+    a, r = words(answer), words(reference)
+    if not a or not r:
+        return float(a == r)
+    common = lcs_length(a, r)
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+@dataclass(frozen=True)
+class Judge:
+    url: str  # the endpoint's base, e.g. http://localhost:11434/v1 (Ollama) or https://api.openai.com/v1
+    model: str
+    api_key: str | None = None
+    timeout_s: float = 120.0
+
+    def score(self, entry: dict) -> int:
+        from llmkit.tasks.instruct import format_prompt
+
+        question = (f"Given the input `{format_prompt(entry)}` and correct output `{entry['output']}`, "
+                    f"score the model response `{entry['model_response']}` on a scale from 0 to 100, "
+                    "where 100 is the best score. Respond with the integer number only.")
+        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": question}]}
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(self.url.rstrip("/") + "/chat/completions",
+                                         json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                reply = json.loads(response.read())["choices"][0]["message"]["content"]
+        except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise LlmkitError(f"the judge at {self.url} did not answer: {e}",
+                              hint="check --judge-url (the base ending in /v1) and --judge-model") from None
+        number = re.search(r"\d+", reply)
+        if number is None or not 0 <= int(number.group()) <= 100:
+            raise LlmkitError(f"the judge answered {reply[:80]!r}, not a score from 0 to 100")
+        return int(number.group())
+
+
+def score_responses(records: list[dict], judge: Judge | None = None) -> dict:
+    """Mean scores over records holding `output` (the reference) and `model_response`; each
+    record gets its own scores added."""
+    for record in records:
+        record["exact_match"] = exact_match(record["model_response"], record["output"])
+        record["rouge_l"] = rouge_l(record["model_response"], record["output"])
+        if judge is not None:
+            record["judge_score"] = judge.score(record)
+    n = len(records)
+    result = {"exact_match": sum(r["exact_match"] for r in records) / n,
+              "rouge_l": sum(r["rouge_l"] for r in records) / n}
+    if judge is not None:
+        result["judge_score"] = sum(r["judge_score"] for r in records) / n
+        result["judge"] = judge.model
+    return result

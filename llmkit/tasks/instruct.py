@@ -1,0 +1,198 @@
+"""Instruction finetuning: a language model learns to answer instructions (LLMs-from-scratch, ch. 7).
+
+Data: instruction-data.json, 1,100 {instruction, input, output} entries, split in file order as
+LLMs-from-scratch does: the first 85% train (935), the next 10% test (110), the last 5% val (55).
+
+Each entry becomes one text in the Alpaca format,
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:            <- only when the entry has an input
+    {input}
+
+    ### Response:
+    {output}<|endoftext|>
+
+and the model is trained on it as a language model, except that only the response (and the
+<|endoftext|> that ends it) is scored: targets inside the prompt are IGNORE, so the loss teaches
+answering, not retelling instructions. A batch is padded only to its longest example; padding
+targets are IGNORE as well.
+
+Measured: the loss over a split's response tokens, and on the test split the model's own answers
+(greedy, stopping at <|endoftext|>), saved as JSON and scored against the references by exact
+match and ROUGE-L (llmkit/scoring.py), optionally by a judge model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmkit.config import Recipe
+from llmkit.cross_entropy import IGNORE, cross_entropy
+from llmkit.errors import LlmkitError
+from llmkit.tokenizer import Tokenizer, identity
+
+PREAMBLE = ("Below is an instruction that describes a task. "
+            "Write a response that appropriately completes the request.")
+FIELDS = ("instruction", "input", "output")
+
+
+def format_prompt(entry: dict) -> str:
+    """The Alpaca prompt of an entry, ending where the response begins."""
+    text = f"{PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
+    if entry.get("input"):
+        text += f"\n\n### Input:\n{entry['input']}"
+    return text + "\n\n### Response:\n"
+
+
+def read_entries(path: str | Path) -> list[dict]:
+    try:
+        entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LlmkitError(f"cannot read the instruction data {path}: {e}") from None
+    if not isinstance(entries, list) or not entries:
+        raise LlmkitError(f"{path}: expected a JSON list of {{instruction, input, output}} entries")
+    for number, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(f, ""), str) for f in FIELDS) \
+                or not entry.get("instruction") or "output" not in entry:
+            raise LlmkitError(f"{path}, entry {number}: expected string fields instruction, input (optional), output")
+    return entries
+
+
+def split_entries(entries: list[dict]) -> dict[str, list[dict]]:
+    """85% train, 10% test, 5% val, in file order (LLMs-from-scratch's split)."""
+    train_end = int(len(entries) * 0.85)
+    test_end = train_end + int(len(entries) * 0.1)
+    return {"train": entries[:train_end], "val": entries[test_end:], "test": entries[train_end:test_end]}
+
+
+def encode_example(tokenizer: Tokenizer, entry: dict, eot: int, block_size: int) -> tuple[np.ndarray, int]:
+    """(ids of prompt + response + EOT, cut to block_size + 1; how many of them are prompt)."""
+    prompt = tokenizer.encode(format_prompt(entry))
+    response = tokenizer.encode(entry["output"])
+    ids = np.concatenate([prompt, response, [eot]]).astype(np.int64)[: block_size + 1]
+    return ids, len(prompt)
+
+
+def collate(examples: list[tuple[np.ndarray, int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, T) and targets (B, T), T = the longest example - 1: the targets are the inputs
+    shifted by one, IGNORE wherever the next token is still prompt or is padding."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad, dtype=torch.long)
+    y = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    for row, (ids, prompt) in enumerate(examples):
+        ids = torch.from_numpy(ids)
+        n = len(ids) - 1
+        x[row, :n], y[row, :n] = ids[:-1], ids[1:]
+        y[row, : prompt - 1] = IGNORE  # target t is token t + 1: prompt tokens 1 .. prompt-1
+    return x, y
+
+
+class Instruct:
+    def __init__(self, recipe: Recipe):
+        from llmkit.sources import download, get_dataset, is_downloaded, raw_dir
+        from llmkit.tasks.classification import make_tokenizer
+
+        data = recipe.data
+        if not is_downloaded("instruct", data.root):
+            download("instruct", data.root)
+        self.splits = split_entries(read_entries(raw_dir(data.root, get_dataset("instruct")) / "instruction-data.json"))
+        self.block_size = recipe.model.block_size
+        texts = [format_prompt(e) + e["output"] for e in self.splits["train"]]
+        self.tokenizer = make_tokenizer(recipe, texts)
+        self.eot = getattr(self.tokenizer, "eot_id", None)
+        if self.eot is None:
+            raise LlmkitError("instruction tuning needs a tokenizer with <|endoftext|> (bpe or gpt2)")
+        self.vocab_size = self.tokenizer.vocab_size
+        self.identity = identity(self.tokenizer)
+        self.data_info = {"tokens": None, "source": "instruct", "command": "llmkit download instruct"}
+        self.examples = {name: [encode_example(self.tokenizer, e, self.eot, self.block_size) for e in rows]
+                         for name, rows in self.splits.items()}
+        too_long = [name for name, rows in self.examples.items() for ids, prompt in rows if prompt >= len(ids)]
+        if too_long:
+            raise LlmkitError(f"{len(too_long)} prompts do not fit the context of {self.block_size} tokens, "
+                              "so their responses cannot be learned", hint="raise model.block_size")
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{len(rows):,} {name}" for name, rows in self.splits.items())
+        return f"data instruct (Alpaca prompts, loss on responses only): {sizes} entries"
+
+    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+        rows = self.examples[split]
+        picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        return collate([rows[i] for i in picked], self.eot)
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return cross_entropy(model(x), y, reduction="sum")
+
+    def count(self, batch) -> int:
+        return int((batch[1] != IGNORE).sum())
+
+    @torch.no_grad()
+    def answer(self, model: nn.Module, entries: list[dict], device: torch.device, max_new_tokens: int = 256,
+               batch_size: int = 16) -> list[str]:
+        """The model's greedy responses to entries' prompts, each ending at <|endoftext|>."""
+        from llmkit.generate import ContextFull, Sampling, batch_prompts, generate_batch
+
+        model.eval()
+        answers = []
+        for start in range(0, len(entries), batch_size):
+            prompts = [format_prompt(e) for e in entries[start : start + batch_size]]
+            ids, pad = batch_prompts(self.tokenizer, prompts, device)
+            out: list[list[int]] = [[] for _ in prompts]
+            done = [False] * len(prompts)
+            steps = generate_batch(model, ids, max_new_tokens, Sampling(temperature=0.0), None,
+                                   self.tokenizer.vocab_size, pad, context="stop")
+            try:
+                for column in steps:
+                    for row, token in enumerate(column.tolist()):
+                        done[row] = done[row] or token == self.eot
+                        if not done[row]:
+                            out[row].append(token)
+                    if all(done):
+                        break
+            except ContextFull:
+                pass  # the rows that had not ended keep what they had
+            answers += [self.tokenizer.decode(o).strip() for o in out]
+        return answers
+
+    def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
+                 responses: Path | None = None, judge=None) -> dict:
+        """The mean loss per response token over the split; on the test split (or whenever
+        `responses` is given) also the model's answers, scored and written to `responses`."""
+        from llmkit.scoring import score_responses
+
+        if split not in self.splits:
+            raise LlmkitError(f"no split '{split}': the instruct splits are {', '.join(self.splits)}")
+        model.eval()
+        rows, nats, count = self.examples[split], 0.0, 0
+        for start in range(0, len(rows), batch_size):
+            x, y = collate(rows[start : start + batch_size], self.eot)
+            nats += self.loss(model, (x.to(device), y.to(device))).item()
+            count += int((y != IGNORE).sum())
+        result = {"loss": nats / count, "perplexity": float(np.exp(nats / count)), "examples": len(rows)}
+        if split == "test" or responses is not None:
+            entries = self.splits[split]
+            answers = self.answer(model, entries, device)
+            records = [{**e, "model_response": a} for e, a in zip(entries, answers)]
+            result.update(score_responses(records, judge))
+            if responses is not None:
+                from llmkit.atomic import atomic_write_text
+
+                atomic_write_text(responses, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+                result["responses"] = str(responses)
+        return result
+
+    def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
+        entries = self.splits["val"][:2]
+        answers = self.answer(model, entries, device, max_new_tokens=min(length, 100))
+        return "\n".join(f"{e['instruction']} -> {a!r} (reference {e['output']!r})" for e, a in zip(entries, answers))
