@@ -50,14 +50,20 @@ def _meta_model(config: ModelConfig) -> nn.Module:
 
 
 def matmul_parameters(model: nn.Module) -> int:
-    """Weights that multiply activations: every Linear (a tied head counts: it is a matmul)."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+    """Weights that multiply activations: every Linear (a tied head counts: it is a matmul), but
+    not a classifier base's language-model head, which the classifier never runs."""
+    unused = {id(model.base.lm_head)} if hasattr(model, "base") and hasattr(model.base, "lm_head") else set()
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in unused)
 
 
 def flops_per_token(config: ModelConfig) -> float:
+    """6 x matmul weights (forward 2, backward 4), plus the attention scores and weighted sums:
+    12 T C per attention module (self or cross; the one-layer rungs have one, whatever n_layer)."""
+    from llmkit.models.attention import Attention
+
     model = _meta_model(config)
-    attention = 0 if config.name == "bigram" else 12 * config.n_layer * config.block_size * config.n_embd
-    return 6 * matmul_parameters(model) + attention
+    attentions = sum(isinstance(m, Attention) for m in model.modules())
+    return 6 * matmul_parameters(model) + 12 * attentions * config.block_size * config.n_embd
 
 
 class _FusedAttentionShapes(torch.autograd.Function):
