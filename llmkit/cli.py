@@ -598,6 +598,220 @@ def classify(
             print(f"{LABELS[label]}\t{p[label]:.4f}")
 
 
+plot_app = typer.Typer(
+    help="Draw PNG pictures of runs and models: loss curves, the learning-rate schedule, attention "
+    "heatmaps, position encodings, attention masks, token embeddings.",
+    no_args_is_help=True,
+)
+app.add_typer(plot_app, name="plot")
+
+PlotOut = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="The PNG file to write (default: in the run directory, or ./KIND.png).",
+    show_default=False)]
+PlotCheckpoint = Annotated[str, typer.Option("--checkpoint", help="best or latest, for a run directory.")]
+
+
+def _run_dir(run: str) -> Path:
+    """A run directory given on the command line, or a clear error."""
+    path = Path(run)
+    if not path.is_dir():
+        raise LlmkitError(f"no run directory at {path}",
+                          hint="train one first: llmkit train RECIPE (it prints the run directory)")
+    return path
+
+
+@plot_app.command("loss")
+def _plot_loss(
+    runs: Annotated[list[str], typer.Argument(help="One or more run directories.", show_default=False)],
+    out: PlotOut = None,
+) -> None:
+    """Val and train loss of one or several runs overlaid, one colour per run; prints the PNG path.
+
+    Default --out: RUN/loss.png for one run, ./loss.png for several.
+    Example: llmkit plot loss runs/shakespeare_char runs/shakespeare_bigram --out ladder.png
+    """
+    from llmkit.metrics import MetricsLog
+    from llmkit.plots import plot_loss_curves
+    from llmkit.run import METRICS
+
+    records = {}
+    for run in runs:
+        path = _run_dir(run)
+        if not (path / METRICS).is_file():
+            raise LlmkitError(f"{path} has no {METRICS}", hint="a run logs there as it trains")
+        name = path.resolve().name
+        records[name if name not in records else str(path)] = MetricsLog(path / METRICS).read()
+    default = Path(runs[0]) / "loss.png" if len(runs) == 1 else Path("loss.png")
+    print(plot_loss_curves(records, out or default, "loss" if len(runs) > 1 else next(iter(records))))
+
+
+@plot_app.command("lr")
+def _plot_lr(
+    target: Annotated[str, typer.Argument(help="A run directory, or a recipe (file or name).", show_default=False)],
+    overrides: Overrides = None,
+    out: PlotOut = None,
+) -> None:
+    """The learning-rate schedule of a recipe or run (warmup, cosine decay), with the rates a run
+    logged as dots; prints the PNG path.
+
+    Default --out: RUN/lr.png, or ./lr.png for a recipe.
+    Examples: llmkit plot lr shakespeare_char train.warmup_steps=500 | llmkit plot lr runs/shakespeare_char
+    """
+    from llmkit.config import find_recipe, load_recipe
+    from llmkit.metrics import MetricsLog
+    from llmkit.plots import plot_schedule
+    from llmkit.run import METRICS, RECIPE
+
+    path = Path(target)
+    if path.is_dir():
+        if not (path / RECIPE).is_file():
+            raise LlmkitError(f"{path} has no {RECIPE}: it is not a run directory",
+                              hint="give a run directory (runs/NAME) or a recipe")
+        recipe = load_recipe(path / RECIPE, overrides or [])
+        logged, default = MetricsLog(path / METRICS).read(), path / "lr.png"
+    else:
+        recipe = load_recipe(find_recipe(target), overrides or [])
+        logged, default = [], Path("lr.png")
+    print(plot_schedule(recipe.train, out or default, recipe.name, logged))
+
+
+@plot_app.command("attention")
+def _plot_attention(
+    run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="The text whose attention to draw "
+                                        "(short: every token labels a row and a column).", show_default=False)],
+    layer: Annotated[Optional[int], typer.Option(help="Draw only this layer (0 is the first; default: all).",
+                                                 show_default=False)] = None,
+    checkpoint: PlotCheckpoint = "best",
+    out: PlotOut = None,
+) -> None:
+    """Attention weights of a trained model on a prompt: rows are layers, columns heads, tokens on
+    both axes; prints the PNG path.
+
+    Default --out: RUN/attention.png (attention_layerN.png with --layer).
+    Example: llmkit plot attention runs/shakespeare_char --prompt $'ROMEO:\\nBut soft' --layer 1
+    """
+    import torch
+
+    from llmkit.plots_model import attention_weights, plot_attention, token_texts
+    from llmkit.run import load_trained
+
+    trained = load_trained(run, checkpoint)
+    if trained.config.name == "seq2seq":
+        raise LlmkitError("attention plots take one sequence; a seq2seq model reads two (source and target)",
+                          hint="plot a decoder or encoder run")
+    ids = [int(i) for i in trained.tokenizer.encode(prompt)]
+    if not ids:
+        raise LlmkitError("the prompt is empty", hint="--prompt 'some text'")
+    if len(ids) > trained.config.block_size:
+        raise LlmkitError(f"the prompt is {len(ids)} tokens, longer than the model's context "
+                          f"({trained.config.block_size})", hint="a shorter prompt also gives readable labels")
+    weights = attention_weights(trained.model, torch.tensor(ids))
+    names = [f"layer {i}" for i in range(len(weights))]
+    if layer is not None:
+        if not 0 <= layer < len(weights):
+            raise LlmkitError(f"--layer {layer}: the model has layers 0 to {len(weights) - 1}")
+        weights, names = [weights[layer]], [names[layer]]
+    default = trained.path.parent / ("attention.png" if layer is None else f"attention_layer{layer}.png")
+    print(plot_attention(weights, token_texts(trained.tokenizer, ids), out or default,
+                         f"{trained.path.parent.name} ({trained.config.name})", names))
+
+
+@plot_app.command("positions")
+def _plot_positions(
+    run: Annotated[Optional[str], typer.Argument(
+        help="A run directory or checkpoint: its learned table, or its sizes (default: none).",
+        show_default=False)] = None,
+    kind: Annotated[Optional[str], typer.Option(
+        help="learned (needs a RUN), sinusoidal or rope (default: the run's, or sinusoidal).",
+        show_default=False)] = None,
+    block_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Positions (default: the run's, or 64).", show_default=False)] = None,
+    n_embd: Annotated[Optional[int], typer.Option(
+        min=2, help="Channels (default: the run's, or 128).", show_default=False)] = None,
+    n_head: Annotated[Optional[int], typer.Option(
+        min=1, help="Heads, for rope: it rotates each head's n_embd / n_head channels (default: the run's, or 4).",
+        show_default=False)] = None,
+    checkpoint: PlotCheckpoint = "best",
+    out: PlotOut = None,
+) -> None:
+    """A position encoding and how similar it makes each pair of positions; prints the PNG path.
+
+    Default --out: RUN/positions_KIND.png, or ./positions_KIND.png.
+    Examples: llmkit plot positions --kind rope | llmkit plot positions runs/shakespeare_char
+    """
+    from llmkit.plots_model import learned_positions, plot_positions, position_pictures
+
+    learned, base, where = None, 10000.0, Path(".")
+    sizes = {"block_size": 64, "n_embd": 128, "n_head": 4}
+    if run is not None:
+        from llmkit.run import load_trained
+
+        trained = load_trained(run, checkpoint)
+        config, where = trained.config, trained.path.parent
+        kind, base = kind or config.positions, config.rope_base
+        sizes = {name: getattr(config, name) for name in sizes}
+        if kind == "learned":
+            if config.positions != "learned":
+                raise LlmkitError(f"{trained.path} has {config.positions} positions, not a learned table",
+                                  hint=f"llmkit plot positions {run} --kind {config.positions}")
+            if any(v is not None for v in (block_size, n_embd, n_head)):
+                raise LlmkitError("a learned table has the run's sizes: drop --block-size, --n-embd and --n-head")
+            learned = learned_positions(trained.model)  # (T, C)
+    kind = kind or "sinusoidal"
+    if kind == "none" and run is not None:
+        raise LlmkitError(f"{run} uses no position encoding (model.positions: none)",
+                          hint="plot a fixed one: llmkit plot positions --kind sinusoidal")
+    if kind not in ("learned", "sinusoidal", "rope"):
+        raise LlmkitError(f"--kind must be learned, sinusoidal or rope, got '{kind}'")
+    if kind == "learned" and learned is None:
+        raise LlmkitError("learned positions are trained weights: give a RUN trained with model.positions=learned",
+                          hint="llmkit plot positions runs/shakespeare_char --kind learned")
+    given = {"block_size": block_size, "n_embd": n_embd, "n_head": n_head}
+    sizes.update({name: value for name, value in given.items() if value is not None})
+    if sizes["n_embd"] % sizes["n_head"] or (kind == "rope" and (sizes["n_embd"] // sizes["n_head"]) % 2):
+        raise LlmkitError(f"--n-embd {sizes['n_embd']} must split into {sizes['n_head']} heads"
+                          + (" of an even size (rope turns channel pairs)" if kind == "rope" else ""))
+    table, similarity = position_pictures(kind, **sizes, rope_base=base, learned=learned)
+    title = f"{kind} positions, {sizes['block_size']} positions x {sizes['n_embd']} channels" + (
+        f" ({sizes['n_head']} heads of {sizes['n_embd'] // sizes['n_head']})" if kind == "rope" else "")
+    print(plot_positions(table, similarity, kind, out or where / f"positions_{kind}.png", title))
+
+
+@plot_app.command("masks")
+def _plot_masks(out: PlotOut = None) -> None:
+    """The attention masks llmkit builds: causal, bidirectional with padding, causal with left
+    padding, and a cached generation step; prints the PNG path (default ./masks.png).
+
+    Example: llmkit plot masks --out docs/images/masks.png
+    """
+    from llmkit.plots_model import plot_masks
+
+    print(plot_masks(out or Path("masks.png")))
+
+
+@plot_app.command("embeddings")
+def _plot_embeddings(
+    run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],
+    checkpoint: PlotCheckpoint = "best",
+    out: PlotOut = None,
+) -> None:
+    """The token embeddings of a trained model on their first two principal components, each
+    labelled with its text; prints the PNG path (default RUN/embeddings.png).
+
+    Example: llmkit plot embeddings runs/shakespeare_char
+    """
+    from llmkit.plots_model import plot_embeddings, token_embedding, token_texts
+    from llmkit.run import load_trained
+
+    trained = load_trained(run, checkpoint)
+    weight = token_embedding(trained.model)[: trained.tokenizer.vocab_size]  # (V, C), without padding rows
+    texts = token_texts(trained.tokenizer, range(weight.shape[0]))
+    print(plot_embeddings(weight, texts, out or trained.path.parent / "embeddings.png",
+                          f"{trained.path.parent.name}: {weight.shape[0]} token embeddings of {weight.shape[1]} "
+                          "channels,\non their first two principal components"))
+
+
 @app.command()
 def export(
     run: Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)],

@@ -1,40 +1,96 @@
-"""Pictures of a run, as PNG files (matplotlib, drawn off-screen)."""
+"""Pictures of runs, as PNG files (matplotlib, drawn off-screen): loss curves of one or several
+runs and the learning-rate schedule. Pictures of a model's insides are in llmkit/plots_model.py.
+
+Every figure is `width x height` inches at DPI dots per inch and is saved at exactly that size
+(constrained layout fits the labels inside), so a W x H figure is a (W * DPI) x (H * DPI) PNG.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmkit.atomic import atomic_open
 
+if TYPE_CHECKING:
+    from llmkit.config import TrainConfig
 
-def _figure(width: float = 7.0, height: float = 4.0):
+DPI = 100
+
+
+def new_figure(width: float = 7.0, height: float = 4.0):
+    """(pyplot, an empty width x height inch figure). matplotlib is imported here, when a picture
+    is drawn, so that importing llmkit (and `llmkit --help`) stays fast."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    return plt, plt.figure(figsize=(width, height), dpi=100)
+    return plt, plt.figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def save_png(plt, figure, path: str | Path) -> None:
+def save_png(plt, figure, path: str | Path) -> Path:
+    """Write the figure (atomically: a reader never sees half a PNG) and free it."""
     with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", bbox_inches="tight")
+        figure.savefig(f, format="png", dpi=DPI)
     plt.close(figure)
+    return Path(path)
 
 
-def plot_losses(records: list[dict], path: str | Path, title: str) -> None:
-    """Train loss (logged steps) and the periodic train/val estimates against the step."""
-    plt, figure = _figure()
+def plot_losses(records: list[dict], path: str | Path, title: str) -> Path:
+    """One run's curves (what the trainer redraws as runs/<name>/loss.png)."""
+    return plot_loss_curves({title: records}, path, title)
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], path: str | Path, title: str = "loss") -> Path:
+    """The metrics.jsonl records of each named run, one colour per run: the periodic val (solid)
+    and train (dashed) estimates, and faintly the loss of each logged batch."""
+    plt, figure = new_figure(8.0, 5.0)
     ax = figure.add_subplot()
-    train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
-    evals = [r for r in records if r.get("kind") == "eval"]
-    if train:
-        ax.plot(*zip(*train), color="tab:blue", alpha=0.35, linewidth=1, label="train (batch)")
-    if evals:
-        steps = [r["step"] for r in evals]
-        ax.plot(steps, [r["train_loss"] for r in evals], "o-", color="tab:blue", label="train (estimate)")
-        ax.plot(steps, [r["val_loss"] for r in evals], "o-", color="tab:orange", label="val (estimate)")
+    for (name, records), color in zip(runs.items(), _colors(len(runs))):
+        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train"]
+        evals = [r for r in records if r.get("kind") == "eval"]
+        if train:
+            ax.plot(*zip(*train), color=color, alpha=0.25, linewidth=1,
+                    label=None if evals else f"{name}: train (batch)")
+        if evals:
+            steps = [r["step"] for r in evals]
+            ax.plot(steps, [r["val_loss"] for r in evals], "o-", color=color, label=f"{name}: val")
+            ax.plot(steps, [r["train_loss"] for r in evals], "o--", color=color, markersize=3,
+                    alpha=0.8, label=f"{name}: train")
     ax.set(xlabel="step", ylabel="loss (nats per token)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
-    save_png(plt, figure, path)
+    ax.legend(fontsize=8)
+    return save_png(plt, figure, path)
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "turbo"]
+    return [cmap(i) if n <= 10 else cmap(i / max(1, n - 1)) for i in range(n)]
+
+
+def plot_schedule(train: TrainConfig, path: str | Path, title: str, logged: Sequence[dict] = ()) -> Path:
+    """The learning rate of every update of a TrainConfig's schedule (llmkit/schedule.py), with
+    the rates a run logged in metrics.jsonl as dots on top: they should sit on the line."""
+    from llmkit.schedule import learning_rate
+
+    plt, figure = new_figure(7.0, 4.0)
+    ax = figure.add_subplot()
+    steps = range(1, train.max_steps + 1)  # the update that completes step s uses learning_rate(s - 1)
+    ax.plot(steps, [learning_rate(s - 1, train) for s in steps], color="tab:blue", label="schedule")
+    points = [(r["step"], r["lr"]) for r in logged if r.get("kind") == "train" and "lr" in r]
+    if points:
+        points = points[:: -(-len(points) // 150)]  # at most 150 dots: the line stays visible between them
+        ax.plot(*zip(*points), "o", color="tab:orange", markersize=3, label="logged by the run")
+    ax.axhline(train.lr, color="gray", linestyle=":", linewidth=1)
+    ax.axhline(train.min_lr, color="gray", linestyle=":", linewidth=1)
+    if train.warmup_steps:
+        ax.axvline(train.warmup_steps, color="gray", linestyle="--", linewidth=1, label="end of warmup")
+    ax.set(xlabel="step", ylabel="learning rate", ylim=(0, train.lr * 1.08),
+           title=f"{title}: warmup {train.warmup_steps}, cosine {train.lr:g} -> {train.min_lr:g} at {train.max_steps}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_png(plt, figure, path)

@@ -69,10 +69,16 @@ def test_cuda_asked_for_but_absent_is_a_clear_error(workdir, cli):
     assert not (workdir / "runs").exists()
 
 
-def test_finetune_tasks_that_do_not_exist_yet_say_so(cli):
-    result = cli("finetune", "instruct")
-    assert result.code == 2 and "not available (yet)" in result.err and "Traceback" not in result.err
+def test_finetune_refuses_unknown_tasks_modes_and_half_a_judge(workdir, cli):
+    result = cli("finetune", "summarize")
+    assert result.code == 2 and "spam or instruct" in result.err and "Traceback" not in result.err
     assert cli("finetune", "spam", "--mode", "last_block").code == 2  # needs --base
+    result = cli("finetune", "spam", "--mode", "adapters")
+    assert result.code == 2 and "all, last_block or lora" in result.err
+    result = cli("finetune", "instruct", "--judge-url", "http://localhost:11434/v1")
+    assert result.code == 2 and "--judge-model" in result.err
+    result = cli("finetune", "spam", "--base", "runs/missing")
+    assert result.code == 2 and "runs/missing" in result.err
 
 
 def test_pipeline_commands_print_paths_on_stdout(workdir, cli):

@@ -9,7 +9,7 @@ import shlex
 import pytest
 from conftest import REPO
 
-PAGES = sorted((REPO / "docs").glob("*.md")) + [REPO / "README.md"]
+PAGES = sorted((REPO / "docs").glob("*.md")) + sorted((REPO / "docs" / "learn").glob("*.md")) + [REPO / "README.md"]
 # `llmkit/generate.py`, `beam_search` or `llmkit/generate.py` (`beam_search`): a file and a name in it.
 REFERENCE = re.compile(r"`(llmkit/[\w/]+\.py)`[,:]?\s*\(?`([A-Za-z_][\w.]*)`")
 PATH = re.compile(r"`(llmkit/[\w/]+\.py)`")
@@ -64,8 +64,13 @@ def test_commands_in_docs_use_real_subcommands_and_options(page):
 
     group = typer.main.get_command(app)
     for words in _commands(page.read_text(encoding="utf-8")):
-        assert words and words[0] in group.commands, f"{page.name}: unknown subcommand in llmkit {' '.join(words)}"
-        known = _options(group.commands[words[0]]) | {"--help"}
-        for word in words[1:]:
+        command, used = group, []
+        # Through the groups (llmkit, llmkit plot): each next word names one of the group's commands.
+        while hasattr(command, "commands") and words[:1] != ["--help"]:
+            assert words and words[0] in command.commands, \
+                f"{page.name}: unknown subcommand in llmkit {' '.join(used + words)}"
+            command, used, words = command.commands[words[0]], used + words[:1], words[1:]
+        known = _options(command) | {"--help"}
+        for word in words:
             if word.startswith("--"):
-                assert word.split("=")[0] in known, f"{page.name}: llmkit {words[0]} has no option {word}"
+                assert word.split("=")[0] in known, f"{page.name}: llmkit {' '.join(used)} has no option {word}"
