@@ -510,7 +510,9 @@ def finetune(
     first, extra = [], [f"train.device={device}"] if device else []
     if base is not None:
         trained = load_trained(base)  # its model section (with a 2-class head on top for spam)
-        first.append(f"name={task}_{trained.path.name}")  # the user's name= or out_dir= still win
+        label = trained.path.parent.name if trained.path.is_file() else trained.path.name  # runs/X/best.pt: X
+        mode_part = "" if mode == "all" else f"_{mode}"
+        first.append(f"name={task}_{label}{mode_part}")  # the user's name= or out_dir= still win
         extra.append(f"train.init_from={trained.path}")
     recipe = load_recipe(find_recipe(task), [*first, *(overrides or []), *extra, f"train.finetune={mode}"])
     if base is not None:

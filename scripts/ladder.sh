@@ -6,7 +6,7 @@
 #   STEPS=500 RUNGS=bigram,gpt DEVICE=cpu LADDER_DIR=/tmp/ladder scripts/ladder.sh
 #
 # STEPS optimizer steps of BATCH windows of BLOCK tokens for every rung: default 2000 x 12 x 64,
-# shakespeare_gpt's own budget (64 minutes here on 2 CPU cores shared with other jobs; see
+# shakespeare_gpt's own budget (181 s for all six rungs on an idle 2-core CPU; see
 # docs/ladder.md). EVAL_INTERVAL: steps between estimates (default STEPS/5). RUNGS: a comma-separated
 # subset of bigram, single_head, multi_head, block, gpt, char. DEVICE: auto, cpu, cuda, mps. Each
 # rung trains into LADDER_DIR/<rung> (default runs/ladder, relative to the repository), replacing

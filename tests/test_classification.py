@@ -67,9 +67,10 @@ def test_finetune_from_a_base_run_loads_its_weights_and_freezes(workdir, cli):
     assert base.code == 0, base.err
     base_run = base.out.strip()
     tuned = cli("finetune", "spam", "--base", base_run, "--mode", "last_block", "train.max_steps=3",
-                "train.eval_interval=3", "out_dir=runs/tuned", "--device", "cpu")
+                "train.eval_interval=3", "--device", "cpu")
     assert tuned.code == 0, tuned.err
-    before, after = load_trained(base_run).model, load_trained("runs/tuned").model
+    assert tuned.out.strip() == "runs/spam_wikitext2_bpe_last_block"  # named after the base run and mode
+    before, after = load_trained(base_run).model, load_trained("runs/spam_wikitext2_bpe_last_block").model
     # Frozen: the embeddings and the first block are the base's; trained: the last block.
     assert torch.equal(after.base.embed.wte.weight, before.embed.wte.weight)
     assert torch.equal(after.base.blocks[0].mlp.fc.weight, before.blocks[0].mlp.fc.weight)

@@ -137,7 +137,7 @@ def test_an_hf_directory_generates_and_finetunes_from_the_cli(hf_dir, workdir, c
     tuned = cli("finetune", "spam", "--base", directory, "--mode", "lora", "train.max_steps=2",
                 "train.eval_interval=2", "train.eval_steps=1", "--device", "cpu")
     assert tuned.code == 0, tuned.err
-    assert "trainable" in tuned.err and "spam_tiny-gpt2" in tuned.out
+    assert "trainable" in tuned.err and tuned.out.strip() == "runs/spam_tiny-gpt2_lora"
 
 
 def hf_tokens(directory, text: str) -> list[int]:
