@@ -22,7 +22,9 @@ DEFAULT_MIRROR = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session", autouse=True)
 def mirror() -> Path:
-    path = Path(os.environ.setdefault("LLMKIT_DATA_MIRROR", str(DEFAULT_MIRROR)))
+    # Absolute, since tests change directory: `LLMKIT_DATA_MIRROR=../shared/data pytest` must work.
+    path = Path(os.environ.get("LLMKIT_DATA_MIRROR", str(DEFAULT_MIRROR))).resolve()
+    os.environ["LLMKIT_DATA_MIRROR"] = str(path)
     if not (path / "tinyshakespeare" / "input.txt").is_file():
         pytest.fail(f"the tests need the data mirror: set LLMKIT_DATA_MIRROR (tried {path})")
     return path
