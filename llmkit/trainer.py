@@ -375,7 +375,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
     setup = from_environment(recipe.train.device, recipe.train.distributed)
     console.quiet = not setup.is_main
     try:
-        return _train(recipe, resume, overwrite, setup)
+        run_dir = _train(recipe, resume, overwrite, setup)
+        # Leave together: rank 0 still writes the sample while the others would otherwise tear
+        # down their connections to it (one gloo rank aborted at shutdown in ~1 of 5 suite runs).
+        setup.barrier()
+        return run_dir
     finally:
         console.quiet = False
         shutdown(setup)
