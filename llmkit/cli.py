@@ -226,6 +226,8 @@ def eval_(
         raise LlmkitError(f"--stride {stride} is longer than the context ({trained.config.block_size})")
     if beam > 1 and trained.config.name != "seq2seq":
         raise LlmkitError("--beam is for seq2seq models; a language model's loss does not decode")
+    if text is not None and (judge_url or judge_model):
+        raise LlmkitError("--judge-url scores an instruct run's answers on a split, not a text file")
     if text is not None:
         result, source, split = _evaluate_text(trained, text, batch_size, stride, target), str(text), "text"
     else:
