@@ -65,6 +65,16 @@ def cli(capsys, monkeypatch):
     return run
 
 
+def help_without_torch(*args: str) -> str:
+    """`llmkit ARGS --help` in a fresh interpreter; fails if it imported torch. Returns the help text."""
+    code = ("import sys; from llmkit.cli import app\n"
+            f"try:\n    app({[*args, '--help']!r})\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'llmkit --help imported torch'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
 def run_subprocess(*args: str, cwd: Path | None = None, stdin: str | None = None,
                    env: dict | None = None) -> Result:
     """Run the real console entry point in a new process (for what in-process runs cannot show:
