@@ -123,6 +123,13 @@ def is_hf_directory(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and any((path / f).is_file() for f in WEIGHT_FILES)
 
 
+def hf_directory(run: str | Path) -> Path | None:
+    """The Hugging Face directory `run` names (`hf:REPO_ID` fetched first), or None for anything else."""
+    if str(run).startswith(HUB_PREFIX):
+        return fetch_from_hub(str(run))
+    return Path(run) if is_hf_directory(Path(run)) else None
+
+
 def fetch_from_hub(name: str) -> Path:
     """Download a GPT-2 model's config, weights and tokenizer files from the hub (cached by
     huggingface_hub); `name` is `hf:REPO_ID`."""
@@ -160,11 +167,16 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     return {(k if k.startswith(("transformer.", "lm_head.")) else f"transformer.{k}"): v for k, v in state.items()}
 
 
+def hf_tokenizer(directory: Path):
+    """GPT-2's tokenizer files as a Hugging Face directory names them."""
+    from llmkit.bpe import gpt2_tokenizer
+
+    return gpt2_tokenizer(directory, "vocab.json", "merges.txt")
+
+
 def load_hf_directory(directory: Path):
     """(ModelConfig, llmkit state dict, tokenizer) of a Hugging Face GPT-2 directory."""
     import json
-
-    from llmkit.bpe import gpt2_tokenizer
 
     try:
         hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -172,7 +184,7 @@ def load_hf_directory(directory: Path):
         raise LlmkitError(f"cannot read {directory / 'config.json'}: {e}") from None
     config = config_from_hf(hf_config)
     state = from_hf_state_dict(read_hf_weights(directory), config)
-    tokenizer = gpt2_tokenizer(directory, "vocab.json", "merges.txt")
+    tokenizer = hf_tokenizer(directory)
     if tokenizer.vocab_size > config.vocab_size:
         raise LlmkitError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
                           f"{config.vocab_size}")

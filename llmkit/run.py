@@ -61,12 +61,11 @@ def load_trained(run: str | Path, which: str = "best", device: torch.device | st
     """A trained model: from a run directory or checkpoint, or GPT-2 from a Hugging Face directory
     (`hf:REPO_ID` fetches one from the hub). A LoRA run comes with its adapters, or with them
     folded into the weights when `merge` is set."""
-    from llmkit.hf_gpt2 import HUB_PREFIX, fetch_from_hub, is_hf_directory
+    from llmkit.hf_gpt2 import hf_directory
 
-    if str(run).startswith(HUB_PREFIX):
-        run = fetch_from_hub(str(run))
-    if is_hf_directory(Path(run)):
-        return _load_hf(Path(run), device)
+    directory = hf_directory(run)
+    if directory is not None:
+        return _load_hf(directory, device)
     path = checkpoint_path(run, which)
     checkpoint = load_checkpoint(path)
     config = config_from_dict(ModelConfig, checkpoint["model_config"], where=f"{path} model config")
@@ -96,13 +95,11 @@ def _load_hf(directory: Path, device) -> TrainedModel:
 
 def base_tokenizer(run: str | Path) -> Tokenizer:
     """The tokenizer of a run, checkpoint or Hugging Face directory, without building its model."""
-    from llmkit.bpe import gpt2_tokenizer
-    from llmkit.hf_gpt2 import HUB_PREFIX, fetch_from_hub, is_hf_directory
+    from llmkit.hf_gpt2 import hf_directory, hf_tokenizer
 
-    if str(run).startswith(HUB_PREFIX):
-        run = fetch_from_hub(str(run))
-    if is_hf_directory(Path(run)):
-        return gpt2_tokenizer(run, "vocab.json", "merges.txt")
+    directory = hf_directory(run)
+    if directory is not None:
+        return hf_tokenizer(directory)
     return tokenizer_from_dict(load_checkpoint(checkpoint_path(run))["tokenizer"])
 
 

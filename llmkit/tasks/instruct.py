@@ -176,9 +176,9 @@ class Instruct:
         model.eval()
         rows, nats, count = self.examples[split], 0.0, 0
         for start in range(0, len(rows), batch_size):
-            x, y = collate(rows[start : start + batch_size], self.eot)
-            nats += self.loss(model, (x.to(device), y.to(device))).item()
-            count += int((y != IGNORE).sum())
+            batch = collate(rows[start : start + batch_size], self.eot)
+            nats += self.loss(model, tuple(t.to(device) for t in batch)).item()
+            count += self.count(batch)
         result = {"loss": nats / count, "perplexity": float(np.exp(nats / count)), "examples": len(rows)}
         if split == "test" or responses is not None:
             entries = self.splits[split]
