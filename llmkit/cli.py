@@ -551,7 +551,7 @@ def _judge(url: str | None, model: str | None, task: str):
         return None
     if url is None or model is None:
         raise LlmkitError("a judge needs both --judge-url and --judge-model")
-    if task not in ("instruct", None):
+    if task != "instruct":
         raise LlmkitError(f"--judge-url scores instruction answers; {task} has none")
     from llmkit.scoring import Judge
 
