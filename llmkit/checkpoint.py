@@ -1,26 +1,47 @@
 """Checkpoints that describe themselves, written atomically and read with `weights_only=True`.
 
-A checkpoint is one dict: format and version, the model config, the tokenizer (its full
-description, so a checkpoint alone can generate), the weights, and for `latest.pt` everything an
-exact resume needs (optimizer, step, RNG states). `weights_only=True` means loading never runs
-code from the file: only tensors and plain containers are accepted.
+`Checkpoint` owns the format: every reader and writer of a checkpoint goes through it (the
+trainer writes one, `llmkit.load_model` reads one, the Hugging Face importer makes one), so the
+names of its keys live in this file only. On disk a checkpoint is one dict of plain containers and
+tensors:
+
+    format, version     "llmkit-checkpoint", VERSION
+    model_config        the ModelConfig as a dict
+    model               the weights, with no torch.compile / DDP prefixes
+    tokenizer           the tokenizer's full description, so a checkpoint alone can generate
+    tokenizer_identity  its hash (llmkit/data/tokenizer.py)
+    recipe              the resolved recipe it was trained with (None for imported weights)
+    data                {"tokens": shard directory or None, "command": how to rebuild the data, ...}
+    lora                the LoRAConfig of the adapters inside `model`, or None
+    origin              where the weights came from: {"kind": trained|finetuned|imported, "from": ...}
+    step, best_val_loss, elapsed_s   the run's progress
+    optimizer, scaler, rng, task     latest.pt only: what an exact resume needs
+
+`weights_only=True` means loading never runs code from the file: only tensors and plain
+containers are accepted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from llmkit.atomic import atomic_open
+from llmkit.config import LoRAConfig, ModelConfig, Recipe, config_from_dict, recipe_from_dict
+from llmkit.data.tokenizer import Tokenizer, identity, tokenizer_from_dict
 from llmkit.errors import LlmkitError
 
 FORMAT = "llmkit-checkpoint"
 VERSION = 2  # 2: attention q/kv and the models of the ladder (llmkit 0.2)
 # Wrappers add these to parameter names: torch.compile (`_orig_mod.`) and DDP (`module.`).
 WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+RESUME_KEYS = ("optimizer", "scaler", "rng", "task")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -40,11 +61,13 @@ def clean_state_dict(state: dict) -> dict:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write the on-disk dict (atomically: a reader sees the old file or the whole new one)."""
     with atomic_open(path, "wb") as f:
         torch.save({"format": FORMAT, "version": VERSION, **state}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    """Read the on-disk dict, checking its format and version, with clean weight names."""
     path = Path(path)
     if not path.is_file():
         raise LlmkitError(f"checkpoint not found: {path}")
@@ -60,3 +83,74 @@ def load_checkpoint(path: str | Path) -> dict:
                           f"this llmkit reads version {VERSION}")
     checkpoint["model"] = clean_state_dict(checkpoint["model"])
     return checkpoint
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimizer updates done
+    best_val_loss: float = math.inf
+    elapsed_s: float = 0.0  # wall time spent in this run, over all its resumptions
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    recipe: Recipe | None = None  # None: weights from elsewhere, with no recipe behind them
+    data: dict = field(default_factory=lambda: {"tokens": None, "command": None})
+    lora: LoRAConfig | None = None
+    origin: dict = field(default_factory=lambda: {"kind": "trained", "from": None})
+    state: RunState = field(default_factory=RunState)
+    resume: dict | None = None  # optimizer, scaler, rng, task: what --resume needs (latest.pt)
+    path: Path | None = None  # where it was read from
+
+    @property
+    def tokenizer_identity(self) -> str:
+        return identity(self.tokenizer)
+
+    @property
+    def data_command(self) -> str:
+        """How to rebuild the data the model was trained on (for hints)."""
+        return self.data.get("command") or "(no data: the weights were imported)"
+
+    def without_weights(self) -> Checkpoint:
+        """The same description with the weights and resume state dropped (once they are in a model)."""
+        return dataclasses.replace(self, weights={}, resume=None)
+
+    def to_dict(self) -> dict:
+        state = {
+            "model_config": dataclasses.asdict(self.model_config),
+            "model": self.weights,
+            "tokenizer": self.tokenizer.to_dict(),
+            "tokenizer_identity": self.tokenizer_identity,
+            "data": self.data,
+            "recipe": None if self.recipe is None else dataclasses.asdict(self.recipe),
+            "lora": None if self.lora is None else dataclasses.asdict(self.lora),
+            "origin": self.origin,
+            **dataclasses.asdict(self.state),
+        }
+        return {**state, **(self.resume or {})}
+
+    def save(self, path: str | Path) -> None:
+        save_checkpoint(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, raw: dict, path: Path | None = None) -> Checkpoint:
+        where = str(path) if path else "checkpoint"
+        try:
+            config = config_from_dict(ModelConfig, raw["model_config"], where=f"{where} model config")
+            lora = config_from_dict(LoRAConfig, raw["lora"], where=f"{where} lora") if raw.get("lora") else None
+            recipe = recipe_from_dict(raw["recipe"], where=f"{where} recipe") if raw.get("recipe") else None
+            tokenizer = tokenizer_from_dict(raw["tokenizer"])
+            state = RunState(raw.get("step", 0), raw.get("best_val_loss", math.inf), raw.get("elapsed_s", 0.0))
+            resume = {k: raw[k] for k in RESUME_KEYS if k in raw} or None
+            return cls(config, raw["model"], tokenizer, recipe, raw.get("data") or {"tokens": None, "command": None},
+                       lora, raw.get("origin") or {"kind": "trained", "from": None}, state, resume, path)
+        except KeyError as e:
+            raise LlmkitError(f"{where} is incomplete: it has no {e.args[0]!r}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        path = Path(path)
+        return cls.from_dict(load_checkpoint(path), path)

@@ -148,7 +148,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Low-rank adapters for `train.finetune: lora` (llmkit/lora.py)."""
+    """Low-rank adapters for `train.finetune: lora` (llmkit/layers/lora.py)."""
 
     rank: int = 8  # r: the adapters' inner width
     alpha: float = 16.0  # the update is scaled by alpha / rank
@@ -384,6 +384,16 @@ def config_from_dict(cls: type, raw: Any, where: str) -> Any:
     if problems:
         raise ConfigError(problems, where)
     return built
+
+
+def recipe_with(recipe: Recipe, **sections: dict | Any) -> Recipe:
+    """The recipe with some keys replaced, section by section: recipe_with(r, data={"tokens": d},
+    name="x"). Each section is rebuilt, so its own checks run again."""
+    changes = {}
+    for name, value in sections.items():
+        current = getattr(recipe, name)
+        changes[name] = dataclasses.replace(current, **value) if dataclasses.is_dataclass(current) else value
+    return dataclasses.replace(recipe, **changes)
 
 
 # --- YAML files and overrides ---------------------------------------------------------------------

@@ -32,8 +32,9 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmkit.config import ModelConfig
-from llmkit.generate import Sampling, generate_batch
-from llmkit.hf_gpt2 import hf_config_dict, to_hf_state_dict
+from llmkit.formats.hf_gpt2 import hf_config_dict, to_hf_state_dict
+from llmkit.inference.decoding import generate_batch
+from llmkit.inference.sampling import Sampling
 from llmkit.models import build_model
 
 GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)

@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from llmkit.config import load_recipe
-from llmkit.planner import plan
 from llmkit.tasks import make_task
-from llmkit.trainer import Trainer
+from llmkit.training.planner import plan
+from llmkit.training.trainer import Trainer
 
 
 def status_kib(field: str) -> int:

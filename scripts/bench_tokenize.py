@@ -47,9 +47,9 @@ import tiktoken
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from llmkit.bpe import EOT, BytePairTokenizer, train_bpe
-from llmkit.prepare import BATCH_CHUNKS, CHUNK_BYTES, Span, read_chunks
-from llmkit.tokenizer import CharTokenizer, save_tokenizer
+from llmkit.data.bpe import EOT, BytePairTokenizer, train_bpe
+from llmkit.data.prepare import BATCH_CHUNKS, CHUNK_BYTES, Span, read_chunks
+from llmkit.data.tokenizer import CharTokenizer, save_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 MB = 10**6
@@ -120,8 +120,8 @@ from pathlib import Path
 kind, tokenizer_path, text_path = sys.argv[1:4]
 data = Path(text_path).read_bytes()
 if kind == "llmkit":
-    from llmkit.prepare import BATCH_CHUNKS, Span, read_chunks
-    from llmkit.tokenizer import load_tokenizer
+    from llmkit.data.prepare import BATCH_CHUNKS, Span, read_chunks
+    from llmkit.data.tokenizer import load_tokenizer
     tok = load_tokenizer(tokenizer_path)
     chunks = [t for _, t in read_chunks(Span(Path(text_path), 0, len(data)))]
     batches = [chunks[i:i + BATCH_CHUNKS] for i in range(0, len(chunks), BATCH_CHUNKS)]

@@ -15,8 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from llmkit.scoring import score_responses
 from llmkit.tasks.instruct import read_entries, split_entries
+from llmkit.tasks.scoring import score_responses
 
 BASELINES = {
     "copy the instruction": lambda e: e["instruction"],

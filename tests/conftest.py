@@ -88,7 +88,7 @@ def run_subprocess(*args: str, cwd: Path | None = None, stdin: str | None = None
 def debug_run(tmp_path_factory) -> Path:
     """The debug recipe trained once for the session; tests that only read it share it."""
     from llmkit.config import load_recipe
-    from llmkit.trainer import train
+    from llmkit.training.trainer import train
 
     root = tmp_path_factory.mktemp("debug_run")
     recipe = load_recipe(RECIPES / "debug.yaml", [f"out_dir={root / 'run'}", f"data.root={root / 'data'}",

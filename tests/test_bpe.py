@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from llmkit.bpe import EOT, GPT2_PATTERN, gpt2_tokenizer, train_bpe
-from llmkit.prepare import Span, read_chunks
-from llmkit.tokenizer import identity, tokenizer_from_dict
+from llmkit.data.bpe import EOT, GPT2_PATTERN, gpt2_tokenizer, train_bpe
+from llmkit.data.prepare import Span, read_chunks
+from llmkit.data.tokenizer import identity, tokenizer_from_dict
 
 VARIED = [
     "Hello, world! It's 2024; they'll've done it.",

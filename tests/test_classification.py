@@ -59,7 +59,7 @@ def test_finetune_spam_learns_and_classifies(workdir, cli):
 def test_finetune_from_a_base_run_loads_its_weights_and_freezes(workdir, cli):
     import torch
 
-    from llmkit.run import load_trained
+    from llmkit.loading import load_model
 
     base = cli("train", REPO / "recipes/wikitext2_bpe.yaml", "train.max_steps=4", "train.eval_interval=4",
                "train.eval_steps=1", "train.sample_tokens=0", "model.n_layer=2", "model.n_embd=32",
@@ -70,7 +70,7 @@ def test_finetune_from_a_base_run_loads_its_weights_and_freezes(workdir, cli):
                 "train.eval_interval=3", "--device", "cpu")
     assert tuned.code == 0, tuned.err
     assert tuned.out.strip() == "runs/spam_wikitext2_bpe_last_block"  # named after the base run and mode
-    before, after = load_trained(base_run).model, load_trained("runs/spam_wikitext2_bpe_last_block").model
+    before, after = load_model(base_run).model, load_model("runs/spam_wikitext2_bpe_last_block").model
     # Frozen: the embeddings and the first block are the base's; trained: the last block.
     assert torch.equal(after.base.embed.wte.weight, before.embed.wte.weight)
     assert torch.equal(after.base.blocks[0].mlp.fc.weight, before.blocks[0].mlp.fc.weight)

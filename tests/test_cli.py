@@ -98,8 +98,8 @@ def test_end_to_end_in_a_shell_pipeline(workdir):
 def test_generate_defaults_match_the_sampling_module():
     import inspect
 
-    from llmkit import generate
-    from llmkit.cli import generate as command
+    from llmkit.cli.generate import generate as command
+    from llmkit.inference import sampling as generate
 
     defaults = inspect.signature(command).parameters
     assert (defaults["temperature"].default, defaults["top_k"].default) == (generate.TEMPERATURE, generate.TOP_K)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from llmkit import cross_entropy as ce
+from llmkit.layers import cross_entropy as ce
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])

@@ -9,10 +9,10 @@ import pytest
 
 from llmkit.config import DataConfig
 from llmkit.errors import LlmkitError
-from llmkit.prepare import ensure_tokens, tokenize_file
-from llmkit.shards import HEADER_BYTES, TokenStream, load_shards, write_shard
-from llmkit.sources import MIRROR_ENV, download, file_sha256
-from llmkit.tokenizer import CharTokenizer, identity, load_tokenizer, save_tokenizer
+from llmkit.data.prepare import ensure_tokens, tokenize_file
+from llmkit.data.shards import HEADER_BYTES, TokenStream, load_shards, write_shard
+from llmkit.data.sources import MIRROR_ENV, download, file_sha256
+from llmkit.data.tokenizer import CharTokenizer, identity, load_tokenizer, save_tokenizer
 
 SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
@@ -109,7 +109,7 @@ def test_stream_reads_several_shards_as_one(tmp_path):
     parts = []
     for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
         write_shard(tmp_path / f"s{i}.bin", ids[a:b], np.dtype("<u2"))
-        from llmkit.shards import open_shard
+        from llmkit.data.shards import open_shard
 
         parts.append(open_shard(tmp_path / f"s{i}.bin", "rebuild"))
     stream = TokenStream(parts)
@@ -148,7 +148,7 @@ def test_interrupted_tokenization_never_looks_complete(tmp_path, monkeypatch):
     tokenize_file(source, out, "char")
     source.write_text("a different text\n" * 100)
 
-    from llmkit.tokenizer import CharTokenizer
+    from llmkit.data.tokenizer import CharTokenizer
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # as if the process died while writing the val shard

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 
 PAGES = sorted((REPO / "docs").glob("*.md")) + sorted((REPO / "docs" / "learn").glob("*.md")) + [REPO / "README.md"]
-# `llmkit/generate.py`, `beam_search` or `llmkit/generate.py` (`beam_search`): a file and a name in it.
+# `llmkit/inference/generation.py`, `beam_search` or `llmkit/inference/generation.py` (`beam_search`): a file and a name in it.
 REFERENCE = re.compile(r"`(llmkit/[\w/]+\.py)`[,:]?\s*\(?`([A-Za-z_][\w.]*)`")
 PATH = re.compile(r"`(llmkit/[\w/]+\.py)`")
 

@@ -14,11 +14,11 @@ import torch
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import ModelConfig, load_recipe
-from llmkit.cross_entropy import cross_entropy
+from llmkit.layers.cross_entropy import cross_entropy
 from llmkit.errors import RUN_FAILED
-from llmkit.metrics import MetricsLog
+from llmkit.training.metrics import MetricsLog
 from llmkit.models import build_model
-from llmkit.trainer import train
+from llmkit.training.trainer import train
 
 from conftest import RECIPES
 
@@ -170,7 +170,7 @@ def test_dry_run_prints_the_plan_and_warns_when_it_cannot_fit(tmp_path, data_roo
 
 def test_planner_counts_activations_like_autograd(monkeypatch):
     """The meta-device count equals what autograd saves when the same model runs for real."""
-    from llmkit.planner import profile_forward
+    from llmkit.training.planner import profile_forward
 
     config = ModelConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16)
     model = build_model(config)

@@ -13,11 +13,11 @@ from conftest import REPO
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import LoRAConfig, ModelConfig
-from llmkit.cross_entropy import IGNORE
+from llmkit.layers.cross_entropy import IGNORE
 from llmkit.errors import LlmkitError
-from llmkit.lora import LoRALinear, add_lora, has_lora, merge_lora
+from llmkit.layers.lora import LoRALinear, add_lora, has_lora, merge_lora
 from llmkit.models import build_model, count_parameters
-from llmkit.scoring import Judge, exact_match, rouge_l, score_responses
+from llmkit.tasks.scoring import Judge, exact_match, rouge_l, score_responses
 from llmkit.tasks.instruct import collate, format_prompt, read_entries, split_entries
 
 # --- LoRA -------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def test_merged_lora_gives_the_adapter_model_logits():
 
 
 def test_lora_trains_only_adapters_counts_them_and_reloads(workdir, cli, debug_run):
-    from llmkit.run import load_trained
+    from llmkit.loading import load_model
 
     result = cli("train", REPO / "recipes/debug.yaml", f"train.init_from={debug_run}", "train.finetune=lora",
                  "train.lora.rank=8", "train.max_steps=5", "train.eval_interval=5", "train.eval_steps=2",
@@ -62,7 +62,7 @@ def test_lora_trains_only_adapters_counts_them_and_reloads(workdir, cli, debug_r
         else:
             assert torch.equal(tensor, base[name]), f"frozen {name} changed"
     # The run loads with its adapters, merged or not, to the same logits.
-    adapted, merged = load_trained("runs/lora").model, load_trained("runs/lora", merge=True).model
+    adapted, merged = load_model("runs/lora").model, load_model("runs/lora", merge=True).model
     ids = torch.randint(65, (2, 32))
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), adapted(ids), atol=1e-5, rtol=1e-5)

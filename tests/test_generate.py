@@ -10,18 +10,13 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
-from llmkit.generate import (
-    Sampling,
-    StreamDecoder,
-    beam_search,
-    filter_logits,
-    generate_batch,
-    next_token,
-    penalize_repeats,
-)
-from llmkit.kv_cache import KVCache
+from llmkit.inference.beam import beam_search
+from llmkit.inference.decoding import generate_batch
+from llmkit.inference.sampling import Sampling, filter_logits, next_token, penalize_repeats
+from llmkit.inference.stream import StreamDecoder
+from llmkit.layers.kv_cache import KVCache
 from llmkit.models import build_model
-from llmkit.tokenizer import CharTokenizer
+from llmkit.data.tokenizer import CharTokenizer
 
 SWITCHES = [{}, {"positions": "rope"}, {"n_kv_head": 2}, {"positions": "rope", "n_kv_head": 1},
             {"positions": "sinusoidal", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}]
@@ -65,7 +60,7 @@ def test_generation_past_the_context_slides_or_stops():
     model = model_with()
     ids = torch.randint(61, (1, 10))
     assert len(list(generate_batch(model, ids, 200, Sampling(temperature=0)))) == 200  # 2 x block_size
-    from llmkit.generate import ContextFull
+    from llmkit.inference.decoding import ContextFull
 
     with pytest.raises(ContextFull):
         list(generate_batch(model, ids, 200, Sampling(temperature=0), context="stop"))
@@ -160,9 +155,9 @@ def test_eval_reports_perplexity_as_exp_loss_on_splits_and_texts(debug_run, cli,
     assert math.isclose(whole["perplexity"], math.exp(whole["loss"]), rel_tol=1e-12)
     # By hand: target j is scored by the first window that reaches it, window k covering targets
     # 8k .. 8k + 31 with the ids from 8k on as context (context 32, stride 8).
-    from llmkit.run import load_trained
+    from llmkit.loading import load_model
 
-    trained = load_trained(debug_run)
+    trained = load_model(debug_run)
     ids = torch.as_tensor(trained.tokenizer.encode(text.read_text()), dtype=torch.long)
     nats = 0.0
     with torch.no_grad():

@@ -10,8 +10,8 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.generate import generate
-from llmkit.hf_gpt2 import config_from_hf, from_hf_state_dict, hf_config_dict, to_hf_state_dict
+from llmkit.inference.decoding import generate
+from llmkit.formats.hf_gpt2 import config_from_hf, from_hf_state_dict, hf_config_dict, to_hf_state_dict
 from llmkit.models import build_model
 
 transformers = pytest.importorskip("transformers")
@@ -100,16 +100,16 @@ def hf_dir(tmp_path_factory, mirror):
 def test_an_hf_directory_loads_with_transformers_logits(hf_dir, tmp_path, mirror):
     import shutil
 
-    from llmkit.bpe import gpt2_tokenizer
-    from llmkit.run import load_trained
-    from llmkit.tokenizer import identity
+    from llmkit.data.bpe import gpt2_tokenizer
+    from llmkit.loading import load_model
+    from llmkit.data.tokenizer import identity
 
     hf, directory = hf_dir
     assert (directory / "model.safetensors").is_file()
     ids = torch.randint(50257, (2, 40))
     with torch.no_grad():
         expected = hf(ids).logits
-        trained = load_trained(directory)
+        trained = load_model(directory)
         torch.testing.assert_close(trained.model(ids), expected, atol=1e-5, rtol=1e-5)
     # vocab.json + merges.txt are GPT-2's encoder.json + vocab.bpe: the same tokenizer, same identity
     assert identity(trained.tokenizer) == identity(gpt2_tokenizer(mirror / "gpt2_tokenizer"))
@@ -120,7 +120,7 @@ def test_an_hf_directory_loads_with_transformers_logits(hf_dir, tmp_path, mirror
         shutil.copy(directory / name, bin_dir / name)
     torch.save(hf.transformer.state_dict(), bin_dir / "pytorch_model.bin")
     with torch.no_grad():
-        torch.testing.assert_close(load_trained(bin_dir).model(ids), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(load_model(bin_dir).model(ids), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_an_hf_directory_generates_and_finetunes_from_the_cli(hf_dir, workdir, cli):
@@ -146,7 +146,7 @@ def hf_tokens(directory, text: str) -> list[int]:
 
 
 def test_export_loads_in_from_pretrained_with_the_same_logits_and_tokens(workdir, cli):
-    from llmkit.run import load_trained
+    from llmkit.loading import load_model
 
     base = cli("train", "wikitext2_bpe", "model.bias=true", "model.n_layer=2", "model.n_embd=32",
                "data.vocab_size=300", "train.max_steps=3", "train.eval_interval=3", "train.eval_steps=1",
@@ -163,7 +163,7 @@ def test_export_loads_in_from_pretrained_with_the_same_logits_and_tokens(workdir
         assert exported.code == 0, exported.err
         assert {p.rsplit("/", 1)[-1] for p in exported.out.split()} == {"config.json", "model.safetensors",
                                                                          "vocab.json", "merges.txt"}
-        ours = load_trained(run)
+        ours = load_model(run)
         hf = transformers.GPT2LMHeadModel.from_pretrained(f"{run}_hf").eval()
         ids = hf_tokens(f"{run}_hf", text)
         assert ids == ours.tokenizer.encode(text).tolist()

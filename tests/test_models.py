@@ -11,9 +11,9 @@ import torch
 
 from llmkit.config import DECODERS, ModelConfig, TrainConfig, load_recipe
 from llmkit.models import build_model, count_parameters
-from llmkit.models.attention import Attention
-from llmkit.models.positions import RoPE, sinusoid_table
-from llmkit.schedule import learning_rate
+from llmkit.layers.attention import Attention
+from llmkit.layers.positions import RoPE, sinusoid_table
+from llmkit.training.schedule import learning_rate
 
 from conftest import RECIPES
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import RECIPES, help_without_torch
 
-from llmkit.plots import DPI
-from llmkit.plots_model import attention_panel_inches, mask_examples, position_pictures
+from llmkit.plots.attention import attention_panel_inches, mask_examples
+from llmkit.plots.figures import DPI
+from llmkit.plots.positions import position_pictures
 
 PROMPT = "ROMEO:\nBut soft"
 
@@ -20,7 +21,7 @@ PROMPT = "ROMEO:\nBut soft"
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny GPT (2 layers, 4 heads) and a bigram, a few steps each, sharing one token directory."""
     from llmkit.config import load_recipe
-    from llmkit.trainer import train
+    from llmkit.training.trainer import train
 
     root = tmp_path_factory.mktemp("plot_runs")
     common = [f"data.root={root / 'data'}", "train.sample_tokens=0", "train.eval_steps=2", "train.log_interval=2"]
@@ -84,11 +85,11 @@ def test_masks_and_embeddings(runs, cli, workdir):
 
 
 def test_attention_weights_are_causal_rows_and_sdpa_comes_back(runs):
-    from llmkit.models.attention import Attention
-    from llmkit.plots_model import attention_weights
-    from llmkit.run import load_trained
+    from llmkit.layers.attention import Attention
+    from llmkit.plots.attention import attention_weights
+    from llmkit.loading import load_model
 
-    model = load_trained(runs["gpt"]).model
+    model = load_model(runs["gpt"]).model
     weights = attention_weights(model, torch.arange(10))
     assert len(weights) == 2 and weights[0].shape == (4, 10, 10)
     for layer in weights:

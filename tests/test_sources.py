@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmkit.batches import (
+from llmkit.data.batches import (
     EpochSampler,
     epoch_batch,
     sequential_batches,
@@ -17,9 +17,9 @@ from llmkit.batches import (
 )
 from llmkit.config import DataConfig
 from llmkit.errors import LlmkitError
-from llmkit.prepare import ensure_tokens, tokenize_file
-from llmkit.shards import TokenStream, load_shards
-from llmkit.sources import DATASETS, DOCUMENT_SEPARATOR, MIRROR_ENV, download
+from llmkit.data.prepare import ensure_tokens, tokenize_file
+from llmkit.data.shards import TokenStream, load_shards
+from llmkit.data.sources import DATASETS, DOCUMENT_SEPARATOR, MIRROR_ENV, download
 
 SPAM = DATASETS["spam"].files[0]
 
@@ -49,7 +49,7 @@ def test_a_zip_source_is_extracted_by_member_name_only(workdir, mirror, monkeypa
         download("spam", "data", source=hostile)
     assert not (workdir / "escaped.txt").exists()
     # The members themselves still verify one by one when extraction is asked of them directly.
-    from llmkit.sources import _extract_members
+    from llmkit.data.sources import _extract_members
 
     _extract_members(hostile, SPAM, workdir / "out", "hostile.zip")
     assert sorted(p.name for p in (workdir / "out").iterdir()) == ["SMSSpamCollection", "readme"]
@@ -57,7 +57,7 @@ def test_a_zip_source_is_extracted_by_member_name_only(workdir, mirror, monkeypa
 
 
 def test_a_zip_member_with_wrong_content_leaves_nothing(workdir, mirror):
-    from llmkit.sources import _extract_members
+    from llmkit.data.sources import _extract_members
 
     bad = workdir / "bad.zip"
     _zip(bad, {"SMSSpamCollection": b"ham\tnot the real file\n", "readme": b"x"})

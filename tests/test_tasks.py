@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from llmkit.config import ConfigError, load_recipe, recipe_from_dict
-from llmkit.generate import beam_search
+from llmkit.inference.beam import beam_search
 from llmkit.tasks.masked_lm import IGNORE, mask_tokens
 from llmkit.tasks.numbers import HELD_OUT, NumbersToWords, held_out, number_words
-from llmkit.trainer import train
+from llmkit.training.trainer import train
 from llmkit.models import build_model
 
 from conftest import RECIPES

@@ -14,8 +14,8 @@ import torch
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import load_recipe
 from llmkit.errors import LlmkitError
-from llmkit.metrics import MetricsLog
-from llmkit.trainer import INTERRUPTED, Trainer, train
+from llmkit.training.metrics import MetricsLog
+from llmkit.training.trainer import INTERRUPTED, Trainer, train
 
 from conftest import RECIPES
 

@@ -7,10 +7,13 @@ and seq2seq (encoder-decoder with cross-attention).
 
 from __future__ import annotations
 
+import dataclasses
+
 from torch import nn
 
 from llmkit.config import ModelConfig
 from llmkit.models.bigram import Bigram
+from llmkit.models.classifier import SequenceClassifier
 from llmkit.models.encoder import Encoder
 from llmkit.models.gpt import GPT
 from llmkit.models.multi_head_attention import MultiHeadAttention
@@ -33,9 +36,7 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.vocab_size is None:
         raise ValueError("model.vocab_size must be known (from the tokenizer) to build a model")
     if config.n_classes is not None:
-        from llmkit.models.classifier import SequenceClassifier
-
-        return SequenceClassifier(config)
+        return SequenceClassifier(config, MODELS[config.name](dataclasses.replace(config, n_classes=None)))
     return MODELS[config.name](config)
 
 

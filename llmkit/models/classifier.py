@@ -11,8 +11,6 @@ The base keeps its language-model head, unused here, so that a pretrained run's 
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import nn
 
@@ -20,12 +18,11 @@ from llmkit.config import ModelConfig
 
 
 class SequenceClassifier(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, base: nn.Module):
+        """`base`: the language model the config names, without the classes (build_model makes it)."""
         super().__init__()
-        from llmkit.models import MODELS
-
         self.config = config
-        self.base = MODELS[config.name](dataclasses.replace(config, n_classes=None))
+        self.base = base
         self.head = nn.Linear(config.n_embd, config.n_classes)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

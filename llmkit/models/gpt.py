@@ -3,7 +3,7 @@
 It is the block stack of the previous rung plus what makes it train well at depth and size:
 - weight tying: the output head reuses the token embedding (fewer parameters, and one vector
   space for reading and writing tokens);
-- GPT-2's initialisation (llmkit/models/init.py), with residual projections scaled by depth;
+- GPT-2's initialisation (llmkit/layers/init.py), with residual projections scaled by depth;
 - dropout after embeddings, attention and MLP.
 Positions, norm, MLP, key/value heads, QK-norm and biases come from ModelConfig, so
 `model.positions=rope model.norm=rmsnorm model.mlp=swiglu model.n_kv_head=1` is a Llama-style model.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.init import init_weights
+from llmkit.layers.init import init_weights
 from llmkit.models.single_block_transformer import SingleBlockTransformer
 
 

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.block import Block, run_blocks
-from llmkit.models.embedding import Embeddings
-from llmkit.models.init import init_weights
-from llmkit.models.norms import make_norm
+from llmkit.layers.block import Block, run_blocks
+from llmkit.layers.embedding import Embeddings
+from llmkit.layers.init import init_weights
+from llmkit.layers.norms import make_norm
 
 
 class Seq2Seq(nn.Module):

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.kv_cache import KVCache
-from llmkit.models.block import Block, run_blocks
-from llmkit.models.embedding import Embeddings
-from llmkit.models.norms import make_norm
+from llmkit.layers.block import Block, run_blocks
+from llmkit.layers.embedding import Embeddings
+from llmkit.layers.kv_cache import KVCache
+from llmkit.layers.norms import make_norm
 
 
 class SingleBlockTransformer(nn.Module):
@@ -34,7 +34,7 @@ class SingleBlockTransformer(nn.Module):
     def hidden(self, idx: torch.Tensor, mask: torch.Tensor | None = None,
                cache: KVCache | None = None) -> torch.Tensor:
         """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens. With a
-        `cache`, idx are the next T columns after those cached (llmkit/kv_cache.py)."""
+        `cache`, idx are the next T columns after those cached (llmkit/layers/kv_cache.py)."""
         if cache is None:
             return self.norm_f(run_blocks(self.blocks, self.embed(idx), self.grad_checkpointing, mask))
         x = self.embed(idx, cache.begin(idx.shape[1]))

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.attention import Attention
-from llmkit.models.embedding import Embeddings
+from llmkit.layers.attention import Attention
+from llmkit.layers.embedding import Embeddings
 
 
 class SingleHeadAttention(nn.Module):

@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from llmkit.config import Recipe
-from llmkit.cross_entropy import cross_entropy
+from llmkit.data.tokenizer import Tokenizer, identity, make_tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.tokenizer import Tokenizer, identity
+from llmkit.layers.cross_entropy import cross_entropy
 
 LABELS = ("ham", "spam")  # class 1, spam, is the positive class
 SPLIT_SEED = 123
@@ -63,25 +63,6 @@ def metrics(predicted: list[int], truth: list[int]) -> dict:
             "confusion": [[tn, fp], [fn, tp]], "examples": len(pairs)}
 
 
-def make_tokenizer(recipe: Recipe, texts: list[str]) -> Tokenizer:
-    """The base run's tokenizer when finetuning, else one learned from the training texts. Byte-level
-    only: a classifier must take any text a user sends it."""
-    if recipe.train.init_from is not None:  # the tokenizer only: the trainer loads the weights
-        from llmkit.run import base_tokenizer
-
-        return base_tokenizer(recipe.train.init_from)
-    if recipe.data.tokenizer == "bpe":
-        from llmkit.bpe import train_bpe
-
-        return train_bpe(texts, recipe.data.vocab_size)
-    if recipe.data.tokenizer == "gpt2":
-        from llmkit.prepare import make_tokenizer as shard_tokenizer
-
-        return shard_tokenizer(recipe.data, None, set())
-    raise LlmkitError(f"a classifier needs a byte-level tokenizer (bpe or gpt2), not {recipe.data.tokenizer}",
-                      hint="data.tokenizer=bpe")
-
-
 def encode(tokenizer: Tokenizer, texts: list[str], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded (B, T) ids and their (B, T) mask; a text longer than the context keeps its
     beginning, an empty one becomes one token."""
@@ -107,20 +88,30 @@ def probabilities(model: nn.Module, tokenizer: Tokenizer, texts: list[str], devi
 
 
 class Classification:
-    def __init__(self, recipe: Recipe):
-        from llmkit.sources import download, get_dataset, is_downloaded, raw_dir
+    generates, labels, scores_text, eval_options = False, LABELS, False, ()
+    not_generating = ("a classifier: it labels texts, it does not generate them", "echo 'some text' | llmkit classify {run}")
+
+    def __init__(self, recipe: Recipe, tokenizer: Tokenizer | None = None):
+        from llmkit.data.sources import ensure_downloaded
 
         data = recipe.data
         if data.source != "spam":
             raise LlmkitError(f"classification data must be spam (the SMS Spam Collection), got {data.source!r}")
-        if not is_downloaded("spam", data.root):
-            download("spam", data.root)
-        self.splits = balanced_splits(read_spam(raw_dir(data.root, get_dataset("spam")) / "SMSSpamCollection"))
+        self.splits = balanced_splits(read_spam(ensure_downloaded("spam", data.root) / "SMSSpamCollection"))
         self.block_size = recipe.model.block_size
-        self.tokenizer = make_tokenizer(recipe, [t for t, _ in self.splits["train"]])
+        if tokenizer is None:  # from scratch: one learned from the training texts
+            if data.tokenizer not in ("bpe", "gpt2"):  # byte-level: a classifier must take any text
+                raise LlmkitError(f"a classifier needs a byte-level tokenizer (bpe or gpt2), not {data.tokenizer}",
+                                  hint="data.tokenizer=bpe")
+            tokenizer = make_tokenizer(data, [t for t, _ in self.splits["train"]])
+        self.tokenizer = tokenizer
         self.vocab_size = self.tokenizer.vocab_size
         self.identity = identity(self.tokenizer)
         self.data_info = {"tokens": None, "source": "spam", "command": "llmkit download spam"}
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, tokenizer: Tokenizer | None = None) -> Classification:
+        return cls(recipe, tokenizer)
 
     def describe(self) -> str:
         sizes = ", ".join(f"{len(rows):,} {name}" for name, rows in self.splits.items())

@@ -23,7 +23,7 @@ targets are IGNORE as well.
 
 Measured: the loss over a split's response tokens, and on the test split the model's own answers
 (greedy, stopping at <|endoftext|>), saved as JSON and scored against the references by exact
-match and ROUGE-L (llmkit/scoring.py), optionally by a judge model.
+match and ROUGE-L (llmkit/tasks/scoring.py), optionally by a judge model.
 """
 
 from __future__ import annotations
@@ -36,21 +36,12 @@ import torch
 from torch import nn
 
 from llmkit.config import Recipe
-from llmkit.cross_entropy import IGNORE, cross_entropy
+from llmkit.data.tokenizer import Tokenizer, identity, make_tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.tokenizer import Tokenizer, identity
+from llmkit.layers.cross_entropy import IGNORE, cross_entropy
+from llmkit.tasks.prompts import format_prompt
 
-PREAMBLE = ("Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request.")
 FIELDS = ("instruction", "input", "output")
-
-
-def format_prompt(entry: dict) -> str:
-    """The Alpaca prompt of an entry, ending where the response begins."""
-    text = f"{PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
-    if entry.get("input"):
-        text += f"\n\n### Input:\n{entry['input']}"
-    return text + "\n\n### Response:\n"
 
 
 def read_entries(path: str | Path) -> list[dict]:
@@ -97,17 +88,18 @@ def collate(examples: list[tuple[np.ndarray, int]], pad: int) -> tuple[torch.Ten
 
 
 class Instruct:
-    def __init__(self, recipe: Recipe):
-        from llmkit.sources import download, get_dataset, is_downloaded, raw_dir
-        from llmkit.tasks.classification import make_tokenizer
+    generates, labels, scores_text, eval_options = True, None, True, ("responses", "judge")
+    not_generating = None
+
+    def __init__(self, recipe: Recipe, tokenizer: Tokenizer | None = None):
+        from llmkit.data.sources import ensure_downloaded
 
         data = recipe.data
-        if not is_downloaded("instruct", data.root):
-            download("instruct", data.root)
-        self.splits = split_entries(read_entries(raw_dir(data.root, get_dataset("instruct")) / "instruction-data.json"))
+        self.splits = split_entries(read_entries(ensure_downloaded("instruct", data.root) / "instruction-data.json"))
         self.block_size = recipe.model.block_size
-        texts = [format_prompt(e) + e["output"] for e in self.splits["train"]]
-        self.tokenizer = make_tokenizer(recipe, texts)
+        if tokenizer is None:  # from scratch: one learned from the training texts
+            tokenizer = make_tokenizer(data, [format_prompt(e) + e["output"] for e in self.splits["train"]])
+        self.tokenizer = tokenizer
         self.eot = getattr(self.tokenizer, "eot_id", None)
         if self.eot is None:
             raise LlmkitError("instruction tuning needs a tokenizer with <|endoftext|> (bpe or gpt2)")
@@ -120,6 +112,12 @@ class Instruct:
         if too_long:
             raise LlmkitError(f"{len(too_long)} prompts do not fit the context of {self.block_size} tokens, "
                               "so their responses cannot be learned", hint="raise model.block_size")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, tokenizer: Tokenizer | None = None) -> Instruct:
+        if recipe.model.name not in ("single_block_transformer", "gpt"):
+            raise LlmkitError(f"instruction tuning needs a decoder that generates with a cache (gpt), not {recipe.model.name}")
+        return cls(recipe, tokenizer)
 
     def describe(self) -> str:
         sizes = ", ".join(f"{len(rows):,} {name}" for name, rows in self.splits.items())
@@ -138,38 +136,25 @@ class Instruct:
         return int((batch[1] != IGNORE).sum())
 
     @torch.no_grad()
-    def answer(self, model: nn.Module, entries: list[dict], device: torch.device, max_new_tokens: int = 256,
-               batch_size: int = 16) -> list[str]:
-        """The model's greedy responses to entries' prompts, each ending at <|endoftext|>."""
-        from llmkit.generate import ContextFull, Sampling, batch_prompts, generate_batch
+    def answer(self, model: nn.Module, entries: list[dict], max_new_tokens: int = 256, batch_size: int = 16) -> list[str]:
+        """The model's greedy responses to entries' prompts, each ending at <|endoftext|> (or
+        where the context is full), through the generation engine."""
+        from llmkit.inference.generation import Generation, GenerationSettings
+        from llmkit.inference.sampling import Sampling
 
         model.eval()
+        settings = GenerationSettings(max_new_tokens, Sampling(temperature=0.0), context="stop")
         answers = []
         for start in range(0, len(entries), batch_size):
             prompts = [format_prompt(e) for e in entries[start : start + batch_size]]
-            ids, pad = batch_prompts(self.tokenizer, prompts, device)
-            out: list[list[int]] = [[] for _ in prompts]
-            done = [False] * len(prompts)
-            steps = generate_batch(model, ids, max_new_tokens, Sampling(temperature=0.0), None,
-                                   self.tokenizer.vocab_size, pad, context="stop")
-            try:
-                for column in steps:
-                    for row, token in enumerate(column.tolist()):
-                        done[row] = done[row] or token == self.eot
-                        if not done[row]:
-                            out[row].append(token)
-                    if all(done):
-                        break
-            except ContextFull:
-                pass  # the rows that had not ended keep what they had
-            answers += [self.tokenizer.decode(o).strip() for o in out]
+            answers += [c.text.strip() for c in Generation(model, self.tokenizer, prompts, settings, seed=0).run()]
         return answers
 
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                  responses: Path | None = None, judge=None) -> dict:
         """The mean loss per response token over the split; on the test split (or whenever
         `responses` is given) also the model's answers, scored and written to `responses`."""
-        from llmkit.scoring import score_responses
+        from llmkit.tasks.scoring import score_responses
 
         if split not in self.splits:
             raise LlmkitError(f"no split '{split}': the instruct splits are {', '.join(self.splits)}")
@@ -182,7 +167,7 @@ class Instruct:
         result = {"loss": nats / count, "perplexity": float(np.exp(nats / count)), "examples": len(rows)}
         if split == "test" or responses is not None:
             entries = self.splits[split]
-            answers = self.answer(model, entries, device)
+            answers = self.answer(model, entries)
             records = [{**e, "model_response": a} for e, a in zip(entries, answers)]
             result.update(score_responses(records, judge))
             if responses is not None:
@@ -194,5 +179,5 @@ class Instruct:
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
         entries = self.splits["val"][:2]
-        answers = self.answer(model, entries, device, max_new_tokens=min(length, 100))
+        answers = self.answer(model, entries, max_new_tokens=min(length, 100))
         return "\n".join(f"{e['instruction']} -> {a!r} (reference {e['output']!r})" for e, a in zip(entries, answers))

@@ -13,11 +13,12 @@ import math
 import torch
 from torch import nn
 
-from llmkit.batches import EpochSampler, epoch_batch, random_batch, sliding_windows
-from llmkit.cross_entropy import cross_entropy
+from llmkit.config import Recipe
+from llmkit.data.batches import EpochSampler, epoch_batch, random_batch, sliding_windows
+from llmkit.data.shards import ShardSet, TokenStream
+from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.shards import ShardSet, TokenStream
-from llmkit.tokenizer import Tokenizer
+from llmkit.layers.cross_entropy import cross_entropy
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -31,7 +32,7 @@ def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, 
                    batch_size: int, device: torch.device, stride: int | None = None) -> dict:
     """Loss, perplexity, bits per byte and per character, and top-1 next-token accuracy over every
     target of a token stream. Windows of the model's context start `stride` apart (default: the
-    context, so windows do not overlap); each target is scored once (llmkit/batches.py,
+    context, so windows do not overlap); each target is scored once (llmkit/data/batches.py,
     `sliding_windows`)."""
     model.eval()
     nats, tokens, correct = 0.0, 0, 0
@@ -51,6 +52,9 @@ def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, 
 
 
 class LanguageModeling:
+    generates, labels, scores_text, eval_options = True, None, True, ("stride",)
+    not_generating = None
+
     def __init__(self, shards: ShardSet, block_size: int, sampler: str = "random", seed: int = 0):
         self.shards, self.block_size = shards, block_size
         self.sampler_kind, self.seed = sampler, seed
@@ -60,6 +64,13 @@ class LanguageModeling:
         self.identity = shards.tokenizer_identity
         self.data_info = {"tokens": str(shards.directory), "command": shards.rebuild}
         self._streams: dict[str, TokenStream] = {}
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, tokenizer: Tokenizer | None = None) -> LanguageModeling:
+        """The tokenizer is the shards' own (a checkpoint's is compared with it: check_tokenizer)."""
+        from llmkit.data.prepare import ensure_tokens
+
+        return cls(ensure_tokens(recipe.data), recipe.model.block_size, recipe.data.sampler, recipe.train.seed)
 
     def stream(self, split: str) -> TokenStream:
         if split not in self._streams:
@@ -105,7 +116,8 @@ class LanguageModeling:
                               stride)
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
-        from llmkit.generate import TEMPERATURE, TOP_K, generate, prompt_ids
+        from llmkit.inference.decoding import generate, prompt_ids
+        from llmkit.inference.sampling import TEMPERATURE, TOP_K
 
         idx = prompt_ids(self.tokenizer, "", device)
         ids = list(generate(model, idx, length, TEMPERATURE, TOP_K, generator, self.vocab_size))

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmkit.cross_entropy import IGNORE, cross_entropy
-from llmkit.shards import ShardSet
+from llmkit.config import Recipe
+from llmkit.data.shards import ShardSet
+from llmkit.data.tokenizer import Tokenizer
+from llmkit.layers.cross_entropy import IGNORE, cross_entropy
 from llmkit.tasks.language_modeling import LanguageModeling
 
 MASK_RATE = 0.15
@@ -35,10 +37,19 @@ def mask_tokens(ids: torch.Tensor, mask_id: int, vocab_size: int, generator: tor
 
 
 class MaskedLM(LanguageModeling):
+    generates, labels, scores_text, eval_options = False, None, False, ()
+    not_generating = ("an encoder (masked LM): it fills in masks, it does not generate text", "measure it with: llmkit eval {run}")
+
     def __init__(self, shards: ShardSet, block_size: int):
         super().__init__(shards, block_size)
         self.mask_id = self.tokenizer.vocab_size
         self.vocab_size = self.tokenizer.vocab_size + 1
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, tokenizer: Tokenizer | None = None) -> MaskedLM:
+        from llmkit.data.prepare import ensure_tokens
+
+        return cls(ensure_tokens(recipe.data), recipe.model.block_size)
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator):
         stream = self.stream(split)

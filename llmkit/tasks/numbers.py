@@ -17,9 +17,10 @@ import random
 import torch
 from torch import nn
 
-from llmkit.cross_entropy import IGNORE, cross_entropy
+from llmkit.config import Recipe
+from llmkit.data.tokenizer import Tokenizer, WordTokenizer, identity
 from llmkit.errors import LlmkitError
-from llmkit.tokenizer import WordTokenizer, identity
+from llmkit.layers.cross_entropy import IGNORE, cross_entropy
 
 ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
         "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
@@ -51,6 +52,9 @@ def held_out() -> list[int]:
 
 
 class NumbersToWords:
+    generates, labels, scores_text, eval_options = False, None, False, ("beam",)
+    not_generating = None  # `llmkit generate` translates instead: translate_lines
+
     def __init__(self, block_size: int):
         self.tokenizer = numbers_tokenizer()
         self.vocab_size = self.tokenizer.vocab_size
@@ -61,6 +65,22 @@ class NumbersToWords:
         self._val_set = set(self.val)
         if block_size < 12:  # the longest target, 10 words, plus <bos> or <eos>
             raise LlmkitError(f"the numbers task needs model.block_size of at least 12, got {block_size}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, tokenizer: Tokenizer | None = None) -> NumbersToWords:
+        return cls(recipe.model.block_size)
+
+    def translate_lines(self, model: nn.Module, text: str, device: torch.device, beam: int = 1) -> list[str]:
+        """`llmkit generate` on a seq2seq run: one number per input line, `number<TAB>words` out."""
+        numbers = []
+        for line in text.split():
+            if not line.isdigit() or int(line) >= LIMIT:
+                raise LlmkitError(f"'{line}' is not an integer from 0 to {LIMIT - 1:,}",
+                                  hint="a seq2seq_numbers run reads one number per line")
+            numbers.append(int(line))
+        if not numbers:
+            raise LlmkitError("no numbers to translate", hint="echo 4021 | llmkit generate RUN")
+        return [f"{n}\t{words}" for n, words in zip(numbers, self.translate(model, numbers, device, beam))]
 
     def describe(self) -> str:
         return (f"data: integers 0 .. {LIMIT - 1:,} and their English words, generated; "
@@ -121,7 +141,7 @@ class NumbersToWords:
         src, src_mask = (t.to(device) for t in self.encode_sources(numbers))
         memory = model.encode(src, src_mask)  # (B, S, C), computed once
         if beam > 1:
-            from llmkit.generate import beam_search
+            from llmkit.inference.beam import beam_search
 
             outputs = []
             for i in range(len(numbers)):

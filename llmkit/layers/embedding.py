@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.positions import LearnedPositions, SinusoidalPositions, check_length
+from llmkit.layers.positions import LearnedPositions, SinusoidalPositions, check_length
 
 
 class Embeddings(nn.Module):

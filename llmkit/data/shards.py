@@ -3,7 +3,7 @@
 A shard directory (what `llmkit tokenize` writes):
 
     meta.json         format version, tokenizer identity, vocab size, dtype, files and token counts
-    tokenizer.json    the tokenizer itself (see llmkit/tokenizer.py)
+    tokenizer.json    the tokenizer itself (see llmkit/data/tokenizer.py)
     train_000.bin     header + token ids (uint16 when the vocabulary fits, else uint32)
     val_000.bin
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.atomic import atomic_open, atomic_write_text
+from llmkit.data.tokenizer import Tokenizer, identity, load_tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.tokenizer import Tokenizer, identity, load_tokenizer
 
 MAGIC = b"LLMKTOK\x00"
 VERSION = 1

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from llmkit.atomic import atomic_write_text
 from llmkit.errors import LlmkitError
+
+if TYPE_CHECKING:
+    from llmkit.config import DataConfig
 
 
 class Tokenizer(Protocol):
@@ -133,10 +137,35 @@ def tokenizer_from_dict(spec: dict) -> Tokenizer:
     if kind == "words" and isinstance(spec.get("words"), list):
         return WordTokenizer(spec["words"])
     if kind in ("bpe", "gpt2") and isinstance(spec.get("tokens"), list):
-        from llmkit.bpe import BytePairTokenizer  # tiktoken, only when a BPE is used
+        from llmkit.data.bpe import BytePairTokenizer  # tiktoken, only when a BPE is used
 
         return BytePairTokenizer.from_dict(spec)
     raise LlmkitError(f"unrecognised tokenizer description (kind {kind!r})")
+
+
+def make_tokenizer(data: DataConfig, texts: Iterable[str] = (), alphabet: set[str] | None = None,
+                   about: str | None = None) -> Tokenizer:
+    """The one tokenizer factory: the data section's tokenizer, learned from `texts` (char: their
+    characters, or the `alphabet` already collected; bpe: trained on them, `about` naming them in
+    the message) or loaded (gpt2: GPT-2's own files, downloaded when missing)."""
+    if data.tokenizer == "char":
+        return CharTokenizer("".join(sorted(alphabet if alphabet is not None else set("".join(texts)))))
+    if data.tokenizer == "bpe":
+        from llmkit.console import say
+        from llmkit.data.bpe import train_bpe
+
+        if about:
+            say(f"training a byte-level BPE of {data.vocab_size:,} tokens on {about}")
+        tokenizer = train_bpe(texts, data.vocab_size)
+        if about and tokenizer.vocab_size < data.vocab_size:
+            say(f"the text gave only {tokenizer.vocab_size:,} tokens (no more pairs worth merging)")
+        return tokenizer
+    if data.tokenizer == "gpt2":
+        from llmkit.data.bpe import gpt2_tokenizer
+        from llmkit.data.sources import ensure_downloaded
+
+        return gpt2_tokenizer(ensure_downloaded("gpt2_tokenizer", data.root, what="GPT-2's tokenizer (gpt2_tokenizer)"))
+    raise LlmkitError(f"the {data.tokenizer} tokenizer does not tokenize text files")
 
 
 def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> None:

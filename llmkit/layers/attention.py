@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig
-from llmkit.models.norms import RMSNorm
-from llmkit.models.positions import RoPE
+from llmkit.layers.norms import RMSNorm
+from llmkit.layers.positions import RoPE
 
 if TYPE_CHECKING:
-    from llmkit.kv_cache import LayerCache
+    from llmkit.layers.kv_cache import LayerCache
 
 
 def attention_mask(T: int, S: int, causal: bool, key_mask: torch.Tensor | None,

@@ -9,7 +9,7 @@ import math
 
 from torch import nn
 
-from llmkit.models.positions import LearnedPositions
+from llmkit.layers.positions import LearnedPositions
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from llmkit.errors import LlmkitError
+from llmkit.tasks.prompts import format_prompt
 
 
 def normalize(text: str) -> str:
@@ -65,8 +66,6 @@ class Judge:
     timeout_s: float = 120.0
 
     def score(self, entry: dict) -> int:
-        from llmkit.tasks.instruct import format_prompt
-
         question = (f"Given the input `{format_prompt(entry)}` and correct output `{entry['output']}`, "
                     f"score the model response `{entry['model_response']}` on a scale from 0 to 100, "
                     "where 100 is the best score. Respond with the integer number only.")

@@ -14,12 +14,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from llmkit.config import ModelConfig
-from llmkit.models.attention import Attention
-from llmkit.models.mlp import MLP
-from llmkit.models.norms import make_norm
+from llmkit.layers.attention import Attention
+from llmkit.layers.mlp import MLP
+from llmkit.layers.norms import make_norm
 
 if TYPE_CHECKING:
-    from llmkit.kv_cache import LayerCache
+    from llmkit.layers.kv_cache import LayerCache
 
 
 class Block(nn.Module):
@@ -37,7 +37,7 @@ class Block(nn.Module):
                 context_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B, T) marks x's real tokens, context (B, S, C) and
         context_mask (B, S) are the encoder's output and its real tokens; `cache` holds this
-        layer's keys and values of earlier positions (generation, llmkit/kv_cache.py)."""
+        layer's keys and values of earlier positions (generation, llmkit/layers/kv_cache.py)."""
         x = x + self.attn(self.norm_1(x), key_mask=mask, cache=cache)
         if context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, context_mask)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig, Recipe
-from llmkit.cross_entropy import cross_entropy
+from llmkit.layers.cross_entropy import cross_entropy
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
 PEAK_FLOPS_16BIT = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
@@ -59,7 +59,7 @@ def matmul_parameters(model: nn.Module) -> int:
 def flops_per_token(config: ModelConfig) -> float:
     """6 x matmul weights (forward 2, backward 4), plus the attention scores and weighted sums:
     12 T C per attention module (self or cross; the one-layer rungs have one, whatever n_layer)."""
-    from llmkit.models.attention import Attention
+    from llmkit.layers.attention import Attention
 
     model = _meta_model(config)
     attentions = sum(isinstance(m, Attention) for m in model.modules())
@@ -95,8 +95,8 @@ def profile_forward(config: ModelConfig, batch_size: int, grad_checkpointing: bo
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from llmkit import precision as mixed
     from llmkit.models import build_model
+    from llmkit.training import precision as mixed
 
     class CountOps(TorchDispatchMode):
         calls = 0
@@ -156,9 +156,9 @@ def time_step(recipe: Recipe, device: torch.device, micro: int, accum: int) -> f
     """Seconds for one training step, timed on this device with the recipe's model, precision and
     optimizer: `accum` times a forward and backward pass of a micro-batch of random ids, then
     gradient clipping and the AdamW update (each the fastest of 3, after one warm-up)."""
-    from llmkit import precision
     from llmkit.models import build_model
-    from llmkit.trainer import make_optimizer
+    from llmkit.training import precision
+    from llmkit.training.optimizer import make_optimizer
 
     m = recipe.model
     model = build_model(m).to(device)
@@ -281,13 +281,17 @@ def dry_run(recipe: Recipe) -> int:
     warn when it will not fit; the exit code is 0, or 1 when it will not fit."""
     import os
 
+    from llmkit.config import recipe_with
     from llmkit.console import say
     from llmkit.device import resolve_device
+    from llmkit.loading import read_checkpoint
     from llmkit.tasks import make_task
 
     device = resolve_device(recipe.train.device)
-    vocab = recipe.model.vocab_size or make_task(recipe).vocab_size
-    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab))
+    if recipe.model.vocab_size is None:
+        # A finetuning recipe's tokenizer is its base's (read without building the base).
+        tokenizer = read_checkpoint(recipe.train.init_from).tokenizer if recipe.train.init_from else None
+        recipe = recipe_with(recipe, model={"vocab_size": make_task(recipe, tokenizer).vocab_size})
     world = int(os.environ.get("WORLD_SIZE", "1"))
     result = plan(recipe, device, world)
     print(f"plan for {recipe.name}: {recipe.model.name}, {recipe.train.precision}"

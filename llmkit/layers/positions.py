@@ -21,7 +21,7 @@ def check_length(length: int, block_size: int) -> None:
 
 
 # `positions` below is a LongTensor of positions, (T,) or (B, T) when rows of a batch start at
-# different places (left-padded prompts in llmkit/kv_cache.py). Callers keep them < block_size.
+# different places (left-padded prompts in llmkit/layers/kv_cache.py). Callers keep them < block_size.
 
 
 class LearnedPositions(nn.Module):

@@ -169,14 +169,17 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 def hf_tokenizer(directory: Path):
     """GPT-2's tokenizer files as a Hugging Face directory names them."""
-    from llmkit.bpe import gpt2_tokenizer
+    from llmkit.data.bpe import gpt2_tokenizer
 
     return gpt2_tokenizer(directory, "vocab.json", "merges.txt")
 
 
-def load_hf_directory(directory: Path):
-    """(ModelConfig, llmkit state dict, tokenizer) of a Hugging Face GPT-2 directory."""
+def read_hf_directory(directory: Path):
+    """A Hugging Face GPT-2 directory as a Checkpoint: config, weights under llmkit's names, and
+    the tokenizer; no recipe or training data stands behind these weights."""
     import json
+
+    from llmkit.checkpoint import Checkpoint
 
     try:
         hf_config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
@@ -188,7 +191,8 @@ def load_hf_directory(directory: Path):
     if tokenizer.vocab_size > config.vocab_size:
         raise LlmkitError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
                           f"{config.vocab_size}")
-    return config, state, tokenizer
+    return Checkpoint(config, state, tokenizer, data={"tokens": None, "command": f"(GPT-2 weights from {directory})"},
+                      origin={"kind": "imported", "from": str(directory)}, path=directory)
 
 
 def save_hf_directory(model: torch.nn.Module, config: ModelConfig, tokenizer, directory: Path) -> list[Path]:
@@ -200,7 +204,7 @@ def save_hf_directory(model: torch.nn.Module, config: ModelConfig, tokenizer, di
     from safetensors.torch import save
 
     from llmkit.atomic import atomic_open, atomic_write_text
-    from llmkit.bpe import BytePairTokenizer, save_gpt2_files
+    from llmkit.data.bpe import BytePairTokenizer, save_gpt2_files
 
     state = to_hf_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, config)
     del state["lm_head.weight"]

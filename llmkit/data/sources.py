@@ -360,3 +360,23 @@ def download(name: str, data_root: str | Path = "data", source: str | Path | Non
 def is_downloaded(name: str, data_root: str | Path) -> bool:
     dataset = get_dataset(name)
     return all((raw_dir(data_root, dataset) / f).is_file() for f in dataset.filenames)
+
+
+def ensure_downloaded(name: str, data_root: str | Path, what: str | None = None) -> Path:
+    """The dataset's directory under <data_root>/raw/, downloading it first when it is missing
+    (saying so: the step a user would otherwise have run by hand)."""
+    if not is_downloaded(name, data_root):
+        say(f"{what or name} is not downloaded yet; running: llmkit download {name} --data-dir {data_root}")
+        download(name, data_root)
+    return raw_dir(data_root, get_dataset(name))
+
+
+def dataset_name(name: str, version: str | None = None) -> str:
+    """The registry's name for what `llmkit download NAME [--version V]` asks for (wiki + 2 -> wiki2)."""
+    if name == "wiki":
+        if version not in ("2", "103"):
+            raise LlmkitError("wiki needs --version 2 or --version 103")
+        return f"wiki{version}"
+    if version is not None:
+        raise LlmkitError(f"--version is for wiki, not {name}")
+    return name

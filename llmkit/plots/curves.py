@@ -1,9 +1,4 @@
-"""Pictures of runs, as PNG files (matplotlib, drawn off-screen): loss curves of one or several
-runs and the learning-rate schedule. Pictures of a model's insides are in llmkit/plots_model.py.
-
-Every figure is `width x height` inches at DPI dots per inch and is saved at exactly that size
-(constrained layout fits the labels inside), so a W x H figure is a (W * DPI) x (H * DPI) PNG.
-"""
+"""Pictures of runs: loss curves of one or several runs, and the learning-rate schedule."""
 
 from __future__ import annotations
 
@@ -11,31 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmkit.atomic import atomic_open
+from llmkit.errors import LlmkitError
+from llmkit.plots.figures import new_figure, save_png
 
 if TYPE_CHECKING:
     from llmkit.config import TrainConfig
-
-DPI = 100
-
-
-def new_figure(width: float = 7.0, height: float = 4.0):
-    """(pyplot, an empty width x height inch figure). matplotlib is imported here, when a picture
-    is drawn, so that importing llmkit (and `llmkit --help`) stays fast."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    return plt, plt.figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def save_png(plt, figure, path: str | Path) -> Path:
-    """Write the figure (atomically: a reader never sees half a PNG) and free it."""
-    with atomic_open(path, "wb") as f:
-        figure.savefig(f, format="png", dpi=DPI)
-    plt.close(figure)
-    return Path(path)
 
 
 def plot_losses(records: list[dict], path: str | Path, title: str) -> Path:
@@ -73,9 +48,9 @@ def _colors(n: int) -> list:
 
 
 def plot_schedule(train: TrainConfig, path: str | Path, title: str, logged: Sequence[dict] = ()) -> Path:
-    """The learning rate of every update of a TrainConfig's schedule (llmkit/schedule.py), with
+    """The learning rate of every update of a TrainConfig's schedule (llmkit/training/schedule.py), with
     the rates a run logged in metrics.jsonl as dots on top: they should sit on the line."""
-    from llmkit.schedule import learning_rate
+    from llmkit.training.schedule import learning_rate
 
     plt, figure = new_figure(7.0, 4.0)
     ax = figure.add_subplot()
@@ -94,3 +69,43 @@ def plot_schedule(train: TrainConfig, path: str | Path, title: str, logged: Sequ
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_png(plt, figure, path)
+
+
+def draw_loss(runs: list[str], out: Path | None = None) -> Path:
+    """`llmkit plot loss`: the curves of run directories overlaid (default RUN/loss.png for one
+    run, ./loss.png for several)."""
+    from llmkit.run import METRICS
+    from llmkit.training.metrics import MetricsLog
+
+    records = {}
+    for run in runs:
+        path = Path(run)
+        if not path.is_dir():
+            raise LlmkitError(f"no run directory at {path}",
+                              hint="train one first: llmkit train RECIPE (it prints the run directory)")
+        if not (path / METRICS).is_file():
+            raise LlmkitError(f"{path} has no {METRICS}", hint="a run logs there as it trains")
+        name = path.resolve().name
+        records[name if name not in records else str(path)] = MetricsLog(path / METRICS).read()
+    default = Path(runs[0]) / "loss.png" if len(runs) == 1 else Path("loss.png")
+    return plot_loss_curves(records, out or default, "loss" if len(runs) > 1 else next(iter(records)))
+
+
+def draw_schedule(target: str, overrides: list[str] | None = None, out: Path | None = None) -> Path:
+    """`llmkit plot lr`: the schedule of a run directory (with its logged rates; default
+    RUN/lr.png) or of a recipe (default ./lr.png)."""
+    from llmkit.config import find_recipe, load_recipe
+    from llmkit.run import METRICS, RECIPE
+    from llmkit.training.metrics import MetricsLog
+
+    path = Path(target)
+    if path.is_dir():
+        if not (path / RECIPE).is_file():
+            raise LlmkitError(f"{path} has no {RECIPE}: it is not a run directory",
+                              hint="give a run directory (runs/NAME) or a recipe")
+        recipe = load_recipe(path / RECIPE, overrides or [])
+        logged, default = MetricsLog(path / METRICS).read(), path / "lr.png"
+    else:
+        recipe = load_recipe(find_recipe(target), overrides or [])
+        logged, default = [], Path("lr.png")
+    return plot_schedule(recipe.train, out or default, recipe.name, logged)

@@ -18,56 +18,41 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 from torch.nn.parallel import DistributedDataParallel
 
-from llmkit import precision
 from llmkit.atomic import atomic_write_text
-from llmkit.checkpoint import load_checkpoint, save_checkpoint
-from llmkit.config import Recipe, TrainConfig, recipe_to_yaml
+from llmkit.checkpoint import Checkpoint, RunState
+from llmkit.config import Recipe, TrainConfig, recipe_to_yaml, recipe_with
 from llmkit.console import console, say
+from llmkit.data.tokenizer import save_tokenizer
 from llmkit.device import resolve_device
-from llmkit.distributed import Distributed, device_for, from_environment, shutdown, wrap
 from llmkit.errors import RUN_FAILED, LlmkitError
-from llmkit.lora import add_lora
-from llmkit.metrics import MetricsLog
+from llmkit.loading import LoadedModel, load_model
 from llmkit.models import build_model, count_parameters, describe
-from llmkit.planner import flops_per_token, peak_flops
-from llmkit.plots import plot_losses
+from llmkit.models.transfer import choose_trainable, load_base
+from llmkit.plots.curves import plot_losses
 from llmkit.run import BEST, LATEST, LOSS_PLOT, METRICS, RECIPE, TOKENIZER
-from llmkit.schedule import learning_rate
 from llmkit.tasks import Task, check_tokenizer, estimate, make_task, to_device
-from llmkit.tokenizer import save_tokenizer
+from llmkit.training import precision
+from llmkit.training.distributed import Distributed, device_for, from_environment, shutdown, wrap
+from llmkit.training.metrics import MetricsLog
+from llmkit.training.optimizer import make_optimizer
+from llmkit.training.planner import flops_per_token, peak_flops
+from llmkit.training.schedule import learning_rate
 
 INTERRUPTED = 130  # the shell's exit code for a run stopped by Ctrl-C
-
-
-@dataclass
-class RunState:
-    step: int = 0  # optimizer updates done
-    best_val_loss: float = math.inf
-    elapsed_s: float = 0.0  # wall time spent in this run, over all its resumptions
-
-
-def make_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices and embeddings only: decaying biases and norm gains
-    towards zero would only fight the normalisation."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
-                             fused=device.type == "cuda")
 
 
 def _rng_states(sampler: torch.Generator) -> dict:
@@ -115,7 +100,10 @@ class _StopRequest:
 
 
 class Trainer:
-    def __init__(self, recipe: Recipe, task: Task, device: torch.device, setup: Distributed = Distributed()):
+    def __init__(self, recipe: Recipe, task: Task, device: torch.device, setup: Distributed = Distributed(),
+                 base: LoadedModel | None = None):
+        """`base`: the model to finetune from (train.init_from), already loaded; None when
+        training from scratch, or when resuming (the run's own latest.pt holds the weights)."""
         self.recipe, self.task, self.device, self.setup = recipe, task, device, setup
         cfg = self.train_cfg = recipe.train
         self.run_dir = recipe.run_dir
@@ -124,8 +112,11 @@ class Trainer:
         task.describe()  # checks that both splits can be read, before any model is built
         torch.manual_seed(cfg.seed)
         self.raw_model = build_model(recipe.model).to(device)  # the bare module, for sampling
+        if base is not None:
+            check_tokenizer(task, base.checkpoint)
+            load_base(self.raw_model, base.model, str(base.path))
         if cfg.init_from is not None:
-            start_from(self.raw_model, cfg, task)
+            choose_trainable(self.raw_model, cfg)
         self.raw_model.grad_checkpointing = cfg.grad_checkpointing
         model = wrap(self.raw_model, setup, device)  # DDP or FSDP under torchrun
         self.model = torch.compile(model) if cfg.compile else model
@@ -143,56 +134,53 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def _checkpoint(self, full: bool) -> dict:
+    def _checkpoint(self, full: bool) -> Checkpoint:
         """Every process calls this (with FSDP, gathering the full weights is a collective);
         names come out free of wrapper prefixes (`module.`, `_orig_mod.`)."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=self.setup.enabled)
-        checkpoint = {
-            "model_config": dataclasses.asdict(self.recipe.model),
-            "model": get_model_state_dict(self.model, options=options),
-            "tokenizer": self.task.tokenizer.to_dict(),
-            "tokenizer_identity": self.task.identity,
-            "data": self.task.data_info,
-            "recipe": dataclasses.asdict(self.recipe),
-            # Which adapters the weights include, so a LoRA run loads without its recipe.
-            "lora": dataclasses.asdict(self.train_cfg.lora) if self.train_cfg.finetune == "lora" else None,
-            **dataclasses.asdict(self.state),
-        }
+        cfg = self.train_cfg
+        resume = None
         if full:
-            checkpoint["optimizer"] = get_optimizer_state_dict(self.model, self.optimizer, options=options)
-            checkpoint["scaler"] = self.scaler.state_dict()
-            checkpoint["rng"] = _rng_states(self.sampler)
+            resume = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
+                      "scaler": self.scaler.state_dict(), "rng": _rng_states(self.sampler)}
             if hasattr(self.task, "state_dict"):
-                checkpoint["task"] = self.task.state_dict()
-        return checkpoint
+                resume["task"] = self.task.state_dict()
+        origin = ({"kind": "finetuned", "from": cfg.init_from, "mode": cfg.finetune} if cfg.init_from is not None
+                  else {"kind": "trained", "from": None})
+        return Checkpoint(self.recipe.model, get_model_state_dict(self.model, options=options), self.task.tokenizer,
+                          self.recipe, self.task.data_info,
+                          # Which adapters the weights include, so a LoRA run loads without its recipe.
+                          cfg.lora if cfg.finetune == "lora" else None,
+                          origin, dataclasses.replace(self.state), resume)
 
     def save(self, best: bool = False) -> None:
         if best:
             checkpoint = self._checkpoint(full=False)
             if self.setup.is_main:
-                save_checkpoint(self.run_dir / BEST, checkpoint)
+                checkpoint.save(self.run_dir / BEST)
         checkpoint = self._checkpoint(full=True)
         if self.setup.is_main:
-            save_checkpoint(self.run_dir / LATEST, checkpoint)
+            checkpoint.save(self.run_dir / LATEST)
 
-    def resume(self) -> None:
-        path = self.run_dir / LATEST
-        checkpoint = load_checkpoint(path)
-        check_tokenizer(self.task, checkpoint, path)
-        saved, wanted = checkpoint["model_config"], dataclasses.asdict(self.recipe.model)
+    def resume(self, checkpoint: Checkpoint) -> None:
+        """Continue from the run's latest.pt: weights, optimizer, scaler, RNGs, task state, step."""
+        check_tokenizer(self.task, checkpoint)
+        saved, wanted = dataclasses.asdict(checkpoint.model_config), dataclasses.asdict(self.recipe.model)
         changed = [f"model.{k}: {saved.get(k)!r} -> {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
         if changed:
-            raise LlmkitError(f"the recipe's model differs from the checkpoint {path}: {'; '.join(changed)}",
+            raise LlmkitError(f"the recipe's model differs from the checkpoint {checkpoint.path}: {'; '.join(changed)}",
                               hint="a run resumes with the model it was saved with; undo the change "
                               "or start a new run with --overwrite or out_dir=...")
+        if checkpoint.resume is None:
+            raise LlmkitError(f"{checkpoint.path} holds no optimizer state to resume from")
         options = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.model, checkpoint["model"], options=options)
-        set_optimizer_state_dict(self.model, self.optimizer, checkpoint["optimizer"], options=options)
-        self.scaler.load_state_dict(checkpoint["scaler"])
-        _restore_rng(checkpoint["rng"], self.sampler)
+        set_model_state_dict(self.model, checkpoint.weights, options=options)
+        set_optimizer_state_dict(self.model, self.optimizer, checkpoint.resume["optimizer"], options=options)
+        self.scaler.load_state_dict(checkpoint.resume["scaler"])
+        _restore_rng(checkpoint.resume["rng"], self.sampler)
         if hasattr(self.task, "load_state_dict"):
-            self.task.load_state_dict(checkpoint.get("task", {}))
-        self.state = RunState(checkpoint["step"], checkpoint["best_val_loss"], checkpoint["elapsed_s"])
+            self.task.load_state_dict(checkpoint.resume.get("task", {}))
+        self.state = dataclasses.replace(checkpoint.state)
         if self.metrics is not None:
             self.metrics.keep_until(self.state.step)
 
@@ -318,32 +306,6 @@ class Trainer:
         return text
 
 
-def start_from(model: nn.Module, cfg: TrainConfig, task: Task) -> None:
-    """Finetuning: load a trained run's (or a Hugging Face GPT-2's) weights into the model (into a
-    classifier's base), then choose what trains: everything; the last block, the final norm and
-    the head; or LoRA adapters (llmkit/lora.py) and a classifier's new head."""
-    from llmkit.models.classifier import SequenceClassifier
-    from llmkit.run import load_trained
-
-    base = load_trained(cfg.init_from, merge=True)  # a LoRA base run counts with its adapters folded in
-    check_tokenizer(task, base.checkpoint, base.path)
-    target = model.base if isinstance(model, SequenceClassifier) else model
-    try:
-        target.load_state_dict(base.model.state_dict())
-    except RuntimeError as e:
-        raise LlmkitError(f"{base.path} does not fit this model: {str(e).splitlines()[0]}",
-                          hint="take the model section from the base run (llmkit finetune --base does)") from None
-    head = getattr(model, "head", None)  # a classifier's new head always trains
-    if cfg.finetune == "last_block":
-        model.requires_grad_(False)
-        for part in (target.blocks[-1], target.norm_f, head or target.lm_head):
-            part.requires_grad_(True)
-    elif cfg.finetune == "lora":
-        add_lora(model, cfg.lora)
-        if head is not None:
-            head.requires_grad_(True)
-
-
 def accumulation_steps(cfg: TrainConfig, world: int) -> int:
     """Micro-batches per process per step: batch_size = micro_batch_size x steps x processes."""
     if cfg.batch_size % world:
@@ -369,13 +331,14 @@ def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
                           f"or choose another directory: out_dir=runs/{recipe.name}_2")
 
 
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path:
-    """Run (or resume) the training a recipe describes; returns the run directory. Under torchrun,
-    every process calls this; rank 0 alone prepares data, writes files and prints."""
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, base: LoadedModel | None = None) -> Path:
+    """Run (or resume) the training a recipe describes; returns the run directory. `base`: the
+    model train.init_from names, when the caller has loaded it already. Under torchrun, every
+    process calls this; rank 0 alone prepares data, writes files and prints."""
     setup = from_environment(recipe.train.device, recipe.train.distributed)
     console.quiet = not setup.is_main
     try:
-        run_dir = _train(recipe, resume, overwrite, setup)
+        run_dir = _train(recipe, resume, overwrite, setup, base)
         # Leave together: rank 0 still writes the sample while the others would otherwise tear
         # down their connections to it (one gloo rank aborted at shutdown in ~1 of 5 suite runs).
         setup.barrier()
@@ -385,22 +348,28 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False) -> Path
         shutdown(setup)
 
 
-def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed) -> Path:
+def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed, base: LoadedModel | None) -> Path:
     device = device_for(setup, resolve_device(recipe.train.device))
     _check_run_dir(recipe, resume, overwrite)
+    # What the model starts from is read once: the run's own latest.pt when resuming (so a
+    # finetuned run resumes with its base deleted), else the base to finetune, if any.
+    latest = Checkpoint.load(recipe.run_dir / LATEST) if resume else None
+    if latest is None and base is None and recipe.train.init_from is not None:
+        base = load_model(recipe.train.init_from, merge=True)  # a LoRA base counts with its adapters folded in
+    tokenizer = latest.tokenizer if latest is not None else base.tokenizer if base is not None else None
     if not setup.is_main:
         setup.barrier()  # rank 0 downloads and tokenizes first
-    task = make_task(recipe)
+    task = make_task(recipe, tokenizer)
     if setup.is_main:
         setup.barrier()
     vocab_size = recipe.model.vocab_size or task.vocab_size
     if vocab_size < task.vocab_size:
         raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the task's {task.vocab_size} "
                           "tokens (the tokenizer's, plus any special tokens)")
-    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, vocab_size=vocab_size))
-    trainer = Trainer(recipe, task, device, setup)
-    if resume:
-        trainer.resume()
+    recipe = recipe_with(recipe, model={"vocab_size": vocab_size})
+    trainer = Trainer(recipe, task, device, setup, base if latest is None else None)
+    if latest is not None:
+        trainer.resume(latest)
     elif setup.is_main:
         # Only now, with data and model in hand, is an overwritten run's history dropped.
         for name in (BEST, METRICS, LOSS_PLOT):
@@ -428,6 +397,6 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed) ->
         console.rule("sample", style="dim")
         say(trainer.sample(t.sample_tokens))
         console.rule(style="dim")
-        more = "" if m.name == "encoder" else f"more: llmkit generate {recipe.run_dir}    "
+        more = f"more: llmkit generate {recipe.run_dir}    " if task.generates else ""
         say(f"{more}measure: llmkit eval {recipe.run_dir}")
     return recipe.run_dir

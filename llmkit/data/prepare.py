@@ -26,10 +26,10 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from llmkit.config import DataConfig
 from llmkit.console import console, say
+from llmkit.data.shards import ShardSet, ShardWriter, dtype_for, load_shards, new_meta, write_meta
+from llmkit.data.sources import DATASETS, ensure_downloaded, file_sha256, get_dataset
+from llmkit.data.tokenizer import Tokenizer, make_tokenizer, save_tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.shards import ShardSet, ShardWriter, dtype_for, load_shards, new_meta, write_meta
-from llmkit.sources import DATASETS, download, file_sha256, get_dataset, is_downloaded, raw_dir
-from llmkit.tokenizer import CharTokenizer, Tokenizer, save_tokenizer
 
 CHUNK_BYTES = 1 << 20
 # A safe place to cut text for GPT-2-style pre-tokenization: before a space that sits between two
@@ -194,32 +194,6 @@ def _encode_split(tokenizer: Tokenizer, span: Span, out_dir: Path, split: str, s
     return {"files": files, "tokens": counts}
 
 
-def make_tokenizer(data: DataConfig, train_span: Span, alphabet: set[str]) -> Tokenizer:
-    """Pass 2: the tokenizer, learned from the text (char, bpe) or loaded (gpt2)."""
-    if data.tokenizer == "char":
-        return CharTokenizer("".join(sorted(alphabet)))
-    if data.tokenizer == "bpe":
-        from llmkit.bpe import train_bpe
-
-        say(f"training a byte-level BPE of {data.vocab_size:,} tokens on {train_span.path} "
-            f"({train_span.size / 1e6:,.1f} MB)")
-        # 64 KiB pieces: HF's trainer buffers a few hundred items ahead of its threads, so 1 MiB
-        # chunks would hold hundreds of MB of text in memory at once.
-        tokenizer = train_bpe((text for _, text in read_chunks(train_span, chunk_bytes=TRAIN_CHUNK_BYTES)),
-                              data.vocab_size)
-        if tokenizer.vocab_size < data.vocab_size:
-            say(f"the text gave only {tokenizer.vocab_size:,} tokens (no more pairs worth merging)")
-        return tokenizer
-    if data.tokenizer == "gpt2":
-        from llmkit.bpe import gpt2_tokenizer
-
-        if not is_downloaded("gpt2_tokenizer", data.root):
-            say(f"GPT-2's tokenizer files are not downloaded yet; running: llmkit download gpt2_tokenizer --data-dir {data.root}")
-            download("gpt2_tokenizer", data.root)
-        return gpt2_tokenizer(raw_dir(data.root, get_dataset("gpt2_tokenizer")))
-    raise LlmkitError(f"the {data.tokenizer} tokenizer does not tokenize text files")
-
-
 def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: DataConfig, command: str,
                    source: dict) -> ShardSet:
     """Tokenize named splits ({"train": span, "val": span, ...}), or one span whose last
@@ -235,7 +209,11 @@ def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: Da
         cut = _char_offset(splits, marks, train_chars)
         splits = {"train": Span(splits.path, splits.start, cut), "val": Span(splits.path, cut, splits.end)}
         counts = [train_chars, counts[0] - train_chars]
-    tokenizer = make_tokenizer(data, splits["train"], alphabet)
+    train = splits["train"]
+    # 64 KiB pieces for the BPE trainer: HF's trainer buffers a few hundred items ahead of its
+    # threads, so 1 MiB chunks would hold hundreds of MB of text in memory at once.
+    texts = (text for _, text in read_chunks(train, chunk_bytes=TRAIN_CHUNK_BYTES))
+    tokenizer = make_tokenizer(data, texts, alphabet, about=f"{train.path} ({train.size / 1e6:,.1f} MB)")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # until rewritten, these shards are not complete
@@ -350,10 +328,7 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
         if not dataset.text:
             raise LlmkitError(f"{data.source} is not a text corpus: there is nothing to tokenize",
                               hint="text corpora: " + ", ".join(n for n, d in DATASETS.items() if d.text))
-        if not is_downloaded(data.source, data.root):
-            say(f"{data.source} is not downloaded yet; running: llmkit download {data.source} --data-dir {data.root}")
-            download(data.source, data.root)
-        directory = raw_dir(data.root, dataset)
+        directory = ensure_downloaded(data.source, data.root)
         paths = {split: directory / name for split, name in dataset.text}
         splits = (Span(paths[""], 0, paths[""].stat().st_size) if "" in paths
                   else {split: Span(p, 0, p.stat().st_size) for split, p in paths.items()})
@@ -378,3 +353,48 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
     say(f"tokenizing {shown} -> {out} ({data.tokenizer} tokenizer, {how})")
     return tokenize_spans(splits, out, data, rebuild_command(shown, data, out, whole),
                           {"path": shown, "sha256": sha256})
+
+
+def tokenize_input(input: str, overrides: list[str] | None = None, out: str | Path | None = None,
+                   data_root: str | Path = "data", force: bool = False, **options) -> ShardSet:
+    """`llmkit tokenize INPUT`: a recipe (with overrides), a dataset name, a text file or `-`
+    (stdin) into shards. `options` are the data keys a text input takes (tokenizer, vocab_size,
+    val_fraction, shard_tokens); with a recipe they are overrides instead."""
+    import dataclasses
+
+    from llmkit.config import find_recipe, load_recipe
+
+    given = {k: v for k, v in options.items() if v is not None}
+    if input.endswith((".yaml", ".yml")):
+        if given:
+            raise LlmkitError(f"--{next(iter(given)).replace('_', '-')} is for text files and datasets; with a "
+                              "recipe use overrides: data.tokenizer=... data.vocab_size=...")
+        return ensure_tokens(load_recipe(find_recipe(input), overrides or []).data, force=force)
+    if overrides:
+        raise LlmkitError(f"overrides ({overrides[0]} ...) need a recipe as the input")
+    _check_options(**given)
+    data = DataConfig(source=input, root=str(data_root), **given)
+    if input != "-":
+        return ensure_tokens(data, out=out, force=force)
+    if out is None:
+        raise LlmkitError("tokenizing standard input needs --out DIR (there is no file name to name it by)")
+    out = Path(out)
+    data = dataclasses.replace(data, source=str(spool_stdin(out / ".stdin")))
+    try:
+        return ensure_tokens(data, out=out, force=True)
+    finally:
+        shutil.rmtree(out / ".stdin", ignore_errors=True)
+
+
+def _check_options(tokenizer: str | None = None, vocab_size: int | None = None, val_fraction: float | None = None,
+                   shard_tokens: int | None = None) -> None:
+    """The tokenize command's options, checked with messages that name them as typed."""
+    if tokenizer is not None and tokenizer not in ("char", "bpe", "gpt2"):
+        raise LlmkitError(f"--tokenizer must be char, bpe or gpt2, not '{tokenizer}'")
+    if vocab_size is not None and vocab_size < 258:
+        raise LlmkitError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least 258 "
+                          "(256 bytes, <|endoftext|>, one merge)")
+    if shard_tokens is not None and shard_tokens < 1:
+        raise LlmkitError(f"--shard-tokens must be at least 1, got {shard_tokens}")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise LlmkitError(f"--val-fraction must be between 0 and 1, got {val_fraction}")

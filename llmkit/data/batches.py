@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from llmkit.shards import TokenStream
+from llmkit.data.shards import TokenStream
 
 
 def random_batch(stream: TokenStream, batch_size: int, block_size: int,

@@ -1,0 +1,42 @@
+"""Options several commands share, declared once so their names and help read the same everywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from llmkit.errors import LlmkitError
+
+if TYPE_CHECKING:
+    from llmkit.tasks.scoring import Judge
+
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="Recipe overrides as dotted keys, e.g. train.lr=3e-4 model.n_layer=2", show_default=False)]
+Device = Annotated[Optional[str], typer.Option(
+    "--device", help="auto | cpu | cuda | cuda:N | mps (default: the recipe's train.device, or auto)",
+    show_default=False)]
+RunDevice = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="Root of raw/ and tokens/ directories.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
+Model = Annotated[str, typer.Argument(help="A run directory or a checkpoint file.", show_default=False)]
+Checkpoint = Annotated[str, typer.Option(help="best or latest, for a run directory.")]
+JudgeUrl = Annotated[Optional[str], typer.Option(
+    help="Also score answers with a judge model at this OpenAI-compatible endpoint (e.g. "
+    "http://localhost:11434/v1); the key, if any, comes from $OPENAI_API_KEY.", show_default=False)]
+JudgeModel = Annotated[Optional[str], typer.Option(help="The judge's model name (with --judge-url).",
+                                                   show_default=False)]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")]
+
+
+def make_judge(url: str | None, model: str | None) -> Judge | None:
+    """The judge --judge-url and --judge-model describe (both or neither)."""
+    if url is None and model is None:
+        return None
+    if url is None or model is None:
+        raise LlmkitError("a judge needs both --judge-url and --judge-model")
+    from llmkit.tasks.scoring import Judge
+
+    return Judge(url, model, os.environ.get("OPENAI_API_KEY"))

@@ -1,0 +1,76 @@
+"""Choosing the next token from a language model's logits.
+
+Each step turns the model's logits for the next position into a choice:
+1. repetition penalty (CTRL): the logit of every token already in the sequence is divided by the
+   penalty when positive, multiplied when negative, so repeats become less likely;
+2. temperature: logits / T; below 1 sharpens the distribution, above 1 flattens it; 0 is greedy
+   (always the most likely token);
+3. filters, each removing tokens (logit -inf) before sampling:
+   top-k keeps the k most likely; top-p (nucleus) keeps the smallest set whose probabilities sum
+   to at least p; min-p keeps tokens at least min_p times as likely as the most likely one;
+4. softmax and one draw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from llmkit.errors import LlmkitError
+
+# Defaults for sampling (the CLI's and the sample printed after training): nanoGPT's choices.
+TEMPERATURE, TOP_K = 0.8, 200
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = TEMPERATURE
+    top_k: int | None = TOP_K
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or (self.top_k is not None and self.top_k < 1) or self.repetition_penalty <= 0:
+            raise LlmkitError("temperature must be >= 0, top-k >= 1 and the repetition penalty > 0")
+        for name in ("top_p", "min_p"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise LlmkitError(f"{name.replace('_', '-')} must be in (0, 1], got {value}")
+
+
+def penalize_repeats(logits: torch.Tensor, previous: torch.Tensor, penalty: float) -> torch.Tensor:
+    """(B, V) logits, (B, t) ids already in each sequence."""
+    if penalty == 1.0 or previous.numel() == 0:
+        return logits
+    seen = logits.gather(1, previous)
+    return logits.scatter(1, previous, torch.where(seen > 0, seen / penalty, seen * penalty))
+
+
+def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
+    """(B, V) temperature-scaled logits with -inf outside the top-k, top-p and min-p sets."""
+    if s.top_k is not None and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p is not None and s.top_p < 1.0:
+        probs, order = torch.softmax(logits.float(), dim=-1).sort(dim=-1, descending=True)
+        # Drop a token when the tokens ranked above it already reach p: the most likely one stays.
+        before = probs.cumsum(dim=-1) - probs
+        drop = torch.zeros_like(before, dtype=torch.bool).scatter(1, order, before >= s.top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if s.min_p is not None:
+        probs = torch.softmax(logits.float(), dim=-1)
+        logits = logits.masked_fill(probs < s.min_p * probs.max(dim=-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None,
+               previous: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) chosen ids."""
+    if previous is not None:
+        logits = penalize_repeats(logits, previous, s.repetition_penalty)
+    if s.temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = torch.softmax(filter_logits(logits / s.temperature, s).float(), dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)
