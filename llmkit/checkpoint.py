@@ -26,16 +26,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from llmkit.atomic import atomic_open
 from llmkit.config import LoRAConfig, ModelConfig, Recipe, config_from_dict, recipe_from_dict
 from llmkit.data.tokenizer import Tokenizer, identity, tokenizer_from_dict
 from llmkit.errors import LlmkitError
+from llmkit.files import atomic_open
 
 FORMAT = "llmkit-checkpoint"
 VERSION = 2  # 2: attention q/kv and the models of the ladder (llmkit 0.2)
@@ -60,10 +61,24 @@ def clean_state_dict(state: dict) -> dict:
     return cleaned
 
 
+def weights_checksum(weights: dict[str, torch.Tensor]) -> int:
+    """CRC-32 of every tensor's name, dtype, shape and bytes, in name order: a flipped bit in the
+    file changes it. About 2 GB/s, so a 500 MB checkpoint costs a quarter of a second more."""
+    crc = 0
+    for name in sorted(weights):
+        tensor = weights[name].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode(), crc)
+        if tensor.numel():
+            crc = zlib.crc32(memoryview(tensor.view(torch.uint8).numpy()), crc)
+    return crc
+
+
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Write the on-disk dict (atomically: a reader sees the old file or the whole new one)."""
+    """Write the on-disk dict (atomically: a reader sees the old file or the whole new one), with
+    the checksum of its weights."""
+    extra = {"weights_crc32": weights_checksum(state["model"])} if "model" in state else {}
     with atomic_open(path, "wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+        torch.save({"format": FORMAT, "version": VERSION, **state, **extra}, f)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -73,14 +88,27 @@ def load_checkpoint(path: str | Path) -> dict:
         raise LlmkitError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LlmkitError(f"{path} is not a readable checkpoint: {first_line}") from None
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run the file's code: never.
+        raise LlmkitError(f"{path} is not a readable checkpoint: it holds Python objects other than "
+                          "tensors and plain data, which llmkit does not load (loading them could run code)",
+                          hint="llmkit checkpoints hold only tensors and plain data; retrain or re-export it") from None
+    except (RuntimeError, EOFError, ValueError, OSError, MemoryError) as e:
+        first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise LlmkitError(f"{path} is not a readable checkpoint: {first_line}",
+                          hint="it is truncated or damaged: use the run's other checkpoint (--checkpoint latest "
+                          "or best), or train again") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise LlmkitError(f"{path} is not an llmkit checkpoint")
     if checkpoint.get("version") != VERSION:
         raise LlmkitError(f"{path} has checkpoint version {checkpoint.get('version')}; "
                           f"this llmkit reads version {VERSION}")
+    if not isinstance(checkpoint.get("model"), dict):
+        raise LlmkitError(f"{path} holds no weights")
+    expected = checkpoint.pop("weights_crc32", None)  # None: written before llmkit 0.2 checked it
+    if expected is not None and weights_checksum(checkpoint["model"]) != expected:
+        raise LlmkitError(f"{path} is damaged: its weights do not match the checksum saved with them",
+                          hint="use the run's other checkpoint (--checkpoint latest or best), or train again")
     checkpoint["model"] = clean_state_dict(checkpoint["model"])
     return checkpoint
 

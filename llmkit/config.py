@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 from dataclasses import dataclass, field
@@ -20,6 +21,16 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import yaml
 
 from llmkit.errors import LlmkitError
+
+INT_LIMIT = 2**63 - 1  # the largest integer a recipe key takes (what torch and numpy hold)
+
+
+def at_most(problems: list[str], config: Any, limits: dict[str, float]) -> None:
+    """A problem for each field above its upper bound: every number has a finite range."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if value is not None and value > limit:
+            problems.append(f"{name}: must be at most {limit:,}, got {value:,}")
 
 
 class ConfigError(LlmkitError):
@@ -69,6 +80,9 @@ class DataConfig:
                             f"<|endoftext|>, one merge), got {self.vocab_size}")
         if self.shard_tokens < 1:
             problems.append(f"shard_tokens: must be at least 1, got {self.shard_tokens}")
+        # A BPE trainer holds every token of the vocabulary in memory: past about a million, more
+        # than any model uses (GPT-4o has 200K), it is a typo that would exhaust the machine.
+        at_most(problems, self, {"vocab_size": 1 << 20, "shard_tokens": 1 << 40})
         if (self.source == "numbers") != (self.tokenizer == "words"):
             problems.append("tokenizer: the numbers source goes with the words tokenizer, and only it "
                             f"(source {self.source!r}, tokenizer {self.tokenizer!r})")
@@ -80,6 +94,12 @@ DECODERS = ("bigram", "single_head_attention", "multi_head_attention", "single_b
 CLASSIFIER_BASES = ("single_block_transformer", "gpt", "encoder")
 MODEL_NAMES = Literal["bigram", "single_head_attention", "multi_head_attention",
                       "single_block_transformer", "gpt", "encoder", "seq2seq"]
+
+
+# Upper bounds of the sizes: each well past any model llmkit can train or load (Llama 3 405B has
+# 126 layers, 16,384 channels, 128 heads); whether a size fits this machine is the planner's call.
+MODEL_LIMITS = {"block_size": 1 << 20, "n_layer": 1 << 12, "n_head": 1 << 12, "n_kv_head": 1 << 12,
+                "n_embd": 1 << 17, "vocab_size": 1 << 24, "mlp_hidden": 1 << 20, "n_classes": 1 << 16}
 
 
 @dataclass(frozen=True)
@@ -128,6 +148,7 @@ class ModelConfig:
             problems.append(f"mlp_hidden: must be at least 1, got {self.mlp_hidden}")
         if self.norm_eps <= 0 or self.rope_base <= 0:
             problems.append("norm_eps and rope_base: must be positive")
+        at_most(problems, self, MODEL_LIMITS)
         _raise_if(problems)
 
     @property
@@ -167,6 +188,7 @@ class LoRAConfig:
             problems.append(f"dropout: must be in [0, 1), got {self.dropout}")
         if not self.modules.strip(", "):
             problems.append("modules: name at least one layer (attn, mlp, attn.q, ...)")
+        at_most(problems, self, {"rank": 1 << 16, "alpha": 1e6})
         _raise_if(problems)
 
 
@@ -224,6 +246,12 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
+        at_most(problems, self, {"batch_size": 1 << 24, "micro_batch_size": 1 << 24, "max_steps": 1 << 40,
+                                 "lr": 10.0, "min_lr": 10.0, "warmup_steps": 1 << 40, "weight_decay": 100.0,
+                                 "grad_clip": 1e9, "eval_interval": 1 << 40, "eval_steps": 1 << 24,
+                                 "log_interval": 1 << 40, "sample_tokens": 1 << 20})
+        if self.seed < 0:
+            problems.append(f"seed: must not be negative, got {self.seed}")
         if not _DEVICE.match(self.device):
             problems.append(f"device: expected auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
         if self.finetune != "all" and self.init_from is None:
@@ -241,6 +269,12 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        problems = []
+        if not self.name.strip() or self.name.strip(" ./") == "" or len(self.name) > 200:
+            problems.append(f"name: must name a run (runs/NAME), got {excerpt(self.name)}")
+        if self.out_dir is not None and not self.out_dir.strip():
+            problems.append("out_dir: must be a directory, got ''")
+        _raise_if(problems)
         # The task follows from the model: decoders predict the next token, the encoder fills in
         # masked tokens, seq2seq translates the generated numbers.
         if (self.model.name == "seq2seq") != (self.data.source == "numbers"):
@@ -289,18 +323,39 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
             return False, value
         number = value
         if isinstance(value, str):
-            try:
-                number = float(value)
+            try:  # an integer's digits exactly (float() would round 20-digit seeds)
+                number = int(value) if re.fullmatch(r"\s*[+-]?\d+\s*", value) else float(value)
             except ValueError:
                 return False, value
         if not isinstance(number, (int, float)):
             return False, value
+        if isinstance(number, float) and not math.isfinite(number):
+            return False, value  # nan and inf are never a setting
         if tp is float:
             return True, float(number)
-        return (True, int(number)) if float(number).is_integer() else (False, value)
+        if isinstance(number, float):
+            if not number.is_integer():
+                return False, value
+            number = int(number)
+        return (True, number) if abs(number) <= INT_LIMIT else (False, value)
     if tp is str:
         return isinstance(value, str), value
     raise TypeError(f"recipe field type {tp!r} is not supported")
+
+
+def _out_of_range(value: Any) -> str | None:
+    """Why a number that parses was still refused: not finite, or too large for any setting."""
+    try:
+        number = int(value) if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value) else float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(number, float) and not math.isfinite(number):
+        return "must be a finite number"
+    if abs(number) > INT_LIMIT:
+        return f"must be at most {INT_LIMIT:,} in size"
+    return None
 
 
 def _schema_paths(cls: type, prefix: str = "") -> list[str]:
@@ -330,7 +385,7 @@ def _unknown_key(path: str, key: str, section: str, names: list[str]) -> str:
 
 def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
     if not isinstance(raw, dict):
-        got = "nothing" if raw is None else f"{type(raw).__name__} {raw!r}"
+        got = "nothing" if raw is None else f"{type(raw).__name__} {excerpt(raw)}"
         problems.append(f"{where or 'recipe'}: expected a mapping of keys, got {got}")
         return None
     before = len(problems)
@@ -353,7 +408,7 @@ def _build(cls: type, raw: Any, where: str, problems: list[str]) -> Any:
                 kwargs[key] = converted
                 continue
             failed.add(key)
-            message = f"{path}: expected {_describe(hints[key])}, got {value!r}"
+            message = f"{path}: {_out_of_range(value) or 'expected ' + _describe(hints[key])}, got {excerpt(value)}"
             if get_origin(hints[key]) is Literal and isinstance(value, str):
                 close = difflib.get_close_matches(value, get_args(hints[key]), n=1)
                 message += f" — did you mean '{close[0]}'?" if close else ""
@@ -398,6 +453,40 @@ def recipe_with(recipe: Recipe, **sections: dict | Any) -> Recipe:
 
 # --- YAML files and overrides ---------------------------------------------------------------------
 
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of settings; anything larger is not one
+
+
+def excerpt(value: Any, width: int = 60) -> str:
+    """A value as an error message quotes it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 4] + " ..."
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """safe_load's loader (no tags that build objects), refusing two things plain YAML allows:
+    aliases (`*name`: a few lines of them expand to gigabytes, the "billion laughs"), and a key
+    given twice in one mapping (where YAML silently keeps the last)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.constructor.ConstructorError(None, None, "recipes may not use YAML aliases (*name)", mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {excerpt(key)} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
+
 
 def apply_override(raw: dict, override: str) -> None:
     """Set `a.b.c=value` in the nested dict `raw`; the value is parsed as YAML (numbers, true, null)."""
@@ -405,7 +494,7 @@ def apply_override(raw: dict, override: str) -> None:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError([f"override '{override}' must look like section.key=value"], "command line")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         value = text  # not valid YAML on its own (e.g. `a: b`): take it as a plain string
     node = raw
@@ -426,8 +515,12 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise LlmkitError(f"recipe not found: {path}", hint=_available_recipes_hint())
+    size = path.stat().st_size
+    if size > MAX_RECIPE_BYTES:
+        raise LlmkitError(f"recipe {path} is {size:,} bytes: too large for a recipe "
+                          f"(at most {MAX_RECIPE_BYTES:,})", hint="see recipes/debug.yaml for what one holds")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -26,6 +26,7 @@ from torch import nn
 from llmkit.checkpoint import Checkpoint
 from llmkit.config import ModelConfig
 from llmkit.data.tokenizer import Tokenizer
+from llmkit.errors import LlmkitError
 from llmkit.layers.lora import add_lora, merge_lora
 from llmkit.models import build_model
 from llmkit.run import checkpoint_path
@@ -67,32 +68,79 @@ class LoadedModel:
     def labels(self) -> tuple[str, ...] | None:
         return self.task_type.labels
 
+    def require(self, capability: str, name: str | Path | None = None) -> None:
+        """Refuse, saying what the model does instead, unless it can do `capability` ("generates":
+        continue text, or for seq2seq translate lines; "labels": classify)."""
+        kind = self.task_type
+        if capability == "generates" and kind.not_generating is not None:
+            what, instead = kind.not_generating
+            raise LlmkitError(f"{self.path} is {what}", hint=instead.format(run=name or self.path))
+        if capability == "labels" and kind.labels is None:
+            raise LlmkitError(f"{self.path} is not a classifier", hint="make one with: llmkit finetune spam")
 
-def read_checkpoint(name: str | Path, which: str = "best") -> Checkpoint:
+
+# Short names of pretrained models: the dataset that downloads each (llmkit download NAME) and its file.
+MODELS = {"smollm2": ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = torch.float32,
+                    data_root: str | Path = "data") -> Checkpoint:
     """The Checkpoint a model name stands for, weights included, without building the model."""
-    from llmkit.formats.hf_gpt2 import hf_directory, read_hf_directory
+    from llmkit.formats.gguf import is_gguf, read_gguf
+    from llmkit.formats.hf import hf_directory, read_hf_directory
 
+    if str(name) in MODELS:
+        from llmkit.data.sources import ensure_downloaded
+
+        dataset, filename = MODELS[str(name)]
+        name = ensure_downloaded(dataset, data_root) / filename
+    if is_gguf(name):
+        return read_gguf(name, dtype)
     directory = hf_directory(name)
     if directory is not None:
-        return read_hf_directory(directory)
+        return read_hf_directory(directory, dtype)
     return Checkpoint.load(checkpoint_path(name, which))
 
 
-def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "cpu",
-                          merge: bool = False) -> LoadedModel:
+def inference_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """--dtype fp32 | bf16 | fp16, refused where this device cannot run it."""
+    if name not in DTYPES:
+        raise LlmkitError(f"--dtype must be {', '.join(DTYPES)}, got '{name}'")
+    device = torch.device(device)
+    if name == "fp16" and device.type == "cpu":
+        raise LlmkitError("--dtype fp16 needs a GPU: CPUs have no fast fp16 matmuls (and PyTorch's are slow)",
+                          hint="use --dtype bf16 (half the memory, and fast on recent CPUs) or fp32")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise LlmkitError(f"{torch.cuda.get_device_name(device)} does not support bfloat16", hint="use --dtype fp16 or fp32")
+    return DTYPES[name]
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "cpu", merge: bool = False,
+                          dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Build the checkpoint's model with its weights. A LoRA checkpoint comes with its adapters,
     or with them folded into the weights when `merge` is set."""
-    model = build_model(checkpoint.model_config)
+    with torch.device("meta"):  # no memory until the weights arrive: they are assigned, not copied
+        model = build_model(checkpoint.model_config)
     if checkpoint.lora is not None:
         add_lora(model, checkpoint.lora)
-    model.load_state_dict(checkpoint.weights)
+    try:
+        model.load_state_dict(checkpoint.weights, assign=True)
+    except RuntimeError as e:
+        raise LlmkitError(f"{checkpoint.path}: the weights do not fit the model its config describes: "
+                          f"{str(e).splitlines()[0][:200]}") from None
+    for module in model.modules():  # assigning the tied head and embedding one by one parted them
+        if hasattr(module, "tie_weights"):
+            module.tie_weights()
     if merge:
         merge_lora(model)
-    model.to(device).eval()
+    model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, checkpoint.tokenizer, checkpoint.without_weights(), checkpoint.path)
 
 
 def load_model(name: str | Path, which: str = "best", device: torch.device | str = "cpu",
-               merge: bool = False) -> LoadedModel:
-    """The model NAME names (see the module docstring), ready to run on `device`."""
-    return model_from_checkpoint(read_checkpoint(name, which), device, merge)
+               merge: bool = False, dtype: str | torch.dtype = torch.float32) -> LoadedModel:
+    """The model NAME names (see the module docstring), ready to run on `device` in `dtype`
+    (torch.float32, or "fp32" | "bf16" | "fp16")."""
+    dtype = inference_dtype(dtype, device) if isinstance(dtype, str) else dtype
+    return model_from_checkpoint(read_checkpoint(name, which, dtype), device, merge, dtype)

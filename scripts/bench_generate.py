@@ -32,7 +32,7 @@ import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmkit.config import ModelConfig
-from llmkit.formats.hf_gpt2 import hf_config_dict, to_hf_state_dict
+from llmkit.formats.hf import hf_config_dict, to_hf_state_dict
 from llmkit.inference.decoding import generate_batch
 from llmkit.inference.sampling import Sampling
 from llmkit.models import build_model

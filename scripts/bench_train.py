@@ -34,7 +34,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmkit.config import ModelConfig
-from llmkit.formats.hf_gpt2 import hf_config_dict, to_hf_state_dict
+from llmkit.formats.hf import hf_config_dict, to_hf_state_dict
 from llmkit.models import build_model, count_parameters
 from llmkit.tasks.language_modeling import lm_loss
 

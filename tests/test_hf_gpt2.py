@@ -11,7 +11,7 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.inference.decoding import generate
-from llmkit.formats.hf_gpt2 import config_from_hf, from_hf_state_dict, hf_config_dict, to_hf_state_dict
+from llmkit.formats.hf import config_from_hf, from_hf_state_dict, hf_config_dict, to_hf_state_dict
 from llmkit.models import build_model
 
 transformers = pytest.importorskip("transformers")

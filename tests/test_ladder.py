@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
+import sys
 
 from conftest import REPO
 
@@ -13,7 +14,8 @@ LADDER = REPO / "scripts" / "ladder.sh"
 
 def run_ladder(tmp_path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(LADDER), f"data.root={tmp_path / 'data'}"], check=False, capture_output=True,
-                          text=True, env={**os.environ, "LADDER_DIR": str(tmp_path / "ladder"), **env}, timeout=300)
+                          text=True, env={**os.environ, "LADDER_DIR": str(tmp_path / "ladder"), "PYTHON": sys.executable, **env},
+                          timeout=300)
 
 
 def table_rows(markdown: str) -> list[list[str]]:

@@ -3,6 +3,7 @@ parses its options, calls the library, and prints.
 
     data.py      download, tokenize          train.py     train
     evaluate.py  eval                        generate.py  generate
+    chat.py      chat
     finetune.py  finetune, classify          export.py    export
     plot.py      plot loss|lr|attention|positions|masks|embeddings
 
@@ -20,7 +21,7 @@ from typing import Annotated
 import typer
 
 from llmkit import __version__
-from llmkit.cli import data, evaluate, export, finetune, generate, plot, train
+from llmkit.cli import chat, data, evaluate, export, finetune, generate, plot, train
 from llmkit.errors import LlmkitError
 
 app = typer.Typer(
@@ -49,7 +50,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 # In the order `llmkit --help` lists them.
-for command in (data.download, data.tokenize, train.train, evaluate.eval_, generate.generate,
+for command in (data.download, data.tokenize, train.train, evaluate.eval_, generate.generate, chat.chat,
                 finetune.finetune, finetune.classify):
     app.command(command.__name__.rstrip("_"))(command)
 app.add_typer(plot.app, name="plot")
@@ -58,13 +59,26 @@ app.command()(export.export)
 
 def main() -> None:
     try:
-        app(prog_name="llmkit")
+        try:
+            app(prog_name="llmkit")
+        finally:
+            sys.stdout.flush()  # here, not at exit, so that a full disk (> /dev/full) is reported
     except LlmkitError as e:
-        sys.stderr.write(f"error: {e.message}\n")
-        if e.hint:
-            sys.stderr.write(f"hint: {e.hint}\n")
-        sys.exit(e.exit_code)
+        _fail(e.message, e.hint, e.exit_code)
     except BrokenPipeError:
         # The reader went away (`llmkit generate ... | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
+    except OSError as e:  # one the library did not name itself: say which file, never a traceback
+        from llmkit.files import os_error
+
+        error = os_error(e, e.filename, "use") if e.filename else os_error(e, "standard output", "write")
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush
+        _fail(error.message, error.hint, 2)
+
+
+def _fail(message: str, hint: str | None, code: int) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+    sys.exit(code)

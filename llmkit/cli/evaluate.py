@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.cli.options import Checkpoint, JsonFlag, JudgeModel, JudgeUrl, Model, RunDevice, make_judge
+from llmkit.cli.options import Checkpoint, Dtype, JsonFlag, JudgeModel, JudgeUrl, Model, RunDevice, make_judge
 
 
 def eval_(
@@ -23,7 +23,11 @@ def eval_(
     stride: Annotated[Optional[int], typer.Option(
         min=1, help="Start context windows this many tokens apart (default: the context length); "
         "smaller gives each token more context.", show_default=False)] = None,
+    context: Annotated[Optional[int], typer.Option(
+        min=1, help="Tokens per window (default: the model's context length) for --text and --stride.",
+        show_default=False)] = None,
     device: RunDevice = "auto",
+    dtype: Dtype = "fp32",
     judge_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
     as_json: JsonFlag = False,
@@ -35,12 +39,13 @@ def eval_(
     Classifiers: accuracy, precision, recall, F1. Instruction-tuned runs: the loss on responses;
     on the test split also the model's answers (RUN/test_responses.json), exact match and ROUGE-L.
     Examples: llmkit eval runs/shakespeare_char --json | llmkit eval runs/wikitext2_bpe --text notes.txt --stride 64
+    | llmkit eval smollm2 --text test.txt --context 1024 --stride 512
     """
     from llmkit.device import resolve_device
     from llmkit.loading import load_model
     from llmkit.tasks.evaluate import evaluate
 
     judge = make_judge(judge_url, judge_model)
-    loaded = load_model(run, checkpoint, resolve_device(device))
-    report = evaluate(loaded, split, text, data, batch_size, stride, beam, judge)
+    loaded = load_model(run, checkpoint, resolve_device(device), dtype=dtype)
+    report = evaluate(loaded, split, text, data, batch_size, stride, beam, judge, context=context)
     print(report.json() if as_json else report.text())

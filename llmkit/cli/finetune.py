@@ -61,9 +61,8 @@ def classify(
     from llmkit.tasks.classification import probabilities
 
     loaded = load_model(run, checkpoint)
+    loaded.require("labels")
     labels = loaded.labels
-    if labels is None:
-        raise LlmkitError(f"{loaded.path} is not a classifier", hint="make one with: llmkit finetune spam")
     texts = [text] if text is not None else sys.stdin.read().splitlines()
     if not texts:
         raise LlmkitError("no text to classify", hint="echo 'some text' | llmkit classify RUN")

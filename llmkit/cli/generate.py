@@ -9,7 +9,21 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.cli.options import Checkpoint, Model, RunDevice
+from llmkit.cli.options import (
+    Checkpoint,
+    Dtype,
+    MaxNewTokens,
+    MinP,
+    Model,
+    RepetitionPenalty,
+    RunDevice,
+    Seed,
+    Stop,
+    System,
+    Temperature,
+    TopK,
+    TopP,
+)
 from llmkit.errors import LlmkitError
 
 
@@ -20,17 +34,13 @@ def generate(
         show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option(
         help="A file of prompts, one per line, generated as one batch.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=0)] = 500,
-    # The sampling defaults are llmkit.inference.sampling.TEMPERATURE and TOP_K (a test keeps them equal).
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")] = 0.8,
-    top_k: Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")] = 200,
-    top_p: Annotated[Optional[float], typer.Option(
-        help="Sample among the most likely tokens whose probabilities sum to p.", show_default=False)] = None,
-    min_p: Annotated[Optional[float], typer.Option(
-        help="Drop tokens less than min_p times as likely as the most likely.", show_default=False)] = None,
-    repetition_penalty: Annotated[float, typer.Option(help="Above 1 makes repeats less likely.")] = 1.0,
-    stop: Annotated[Optional[list[str]], typer.Option(
-        help="End the text before this string (repeatable).", show_default=False)] = None,
+    max_new_tokens: MaxNewTokens = 500,
+    temperature: Temperature = 0.8,
+    top_k: TopK = 200,
+    top_p: TopP = None,
+    min_p: MinP = None,
+    repetition_penalty: RepetitionPenalty = 1.0,
+    stop: Stop = None,
     num_samples: Annotated[int, typer.Option(min=1, help="Samples per prompt.")] = 1,
     beam: Annotated[int, typer.Option(min=1, help="Beam search with this many beams (1: sample).")] = 1,
     length_penalty: Annotated[float, typer.Option(
@@ -38,11 +48,15 @@ def generate(
     context: Annotated[str, typer.Option(
         help="Past the context length: slide (keep going on the last half) or stop.")] = "slide",
     cache: Annotated[bool, typer.Option(help="Use the KV cache (--no-cache recomputes every step).")] = True,
-    seed: Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)] = None,
+    seed: Seed = None,
     checkpoint: Checkpoint = "best",
     echo: Annotated[bool, typer.Option(help="Print the prompt before the continuation.")] = True,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per sample, on one line.")] = False,
     device: RunDevice = "auto",
+    chat: Annotated[bool, typer.Option("--chat", help="Ask a chat model: each prompt is a user's message, put "
+                                       "in the model's chat template; prints the answer alone.")] = False,
+    system: System = None,
+    dtype: Dtype = "fp32",
 ) -> None:
     """Continue a prompt with a trained model, streaming the text to stdout.
 
@@ -50,6 +64,7 @@ def generate(
     Examples: echo "ROMEO:" | llmkit generate runs/shakespeare_char --seed 1
               llmkit generate runs/wikitext2_bpe -p "The city" --top-p 0.9 --stop "." --json
               printf "4021\n77\n" | llmkit generate runs/seq2seq_numbers --beam 4
+              echo "What is the capital of France?" | llmkit generate smollm2 --chat --temperature 0
     """
     from llmkit.device import resolve_device
     from llmkit.inference.generation import GenerationSettings
@@ -58,16 +73,26 @@ def generate(
 
     settings = GenerationSettings(max_new_tokens, Sampling(temperature, top_k, top_p, min_p, repetition_penalty),
                                   tuple(stop or ()), num_samples, beam, length_penalty, context, cache)
-    loaded = load_model(run, checkpoint, resolve_device(device))  # before reading stdin: bad runs fail at once
-    kind = loaded.task_type
-    if kind.not_generating is not None:
-        raise LlmkitError(f"{loaded.path} is {kind.not_generating[0]}", hint=kind.not_generating[1].format(run=run))
+    loaded = load_model(run, checkpoint, resolve_device(device), dtype=dtype)  # before stdin: bad runs fail at once
+    loaded.require("generates", run)
     texts = _read_prompts(prompt, prompts)
-    if kind.generates:
-        _print_generation(loaded, texts, settings, seed, echo, json_output)
-    else:  # a seq2seq run translates each line
-        task = kind.from_recipe(loaded.checkpoint.recipe)
-        print("\n".join(task.translate_lines(loaded.model, "\n".join(texts), loaded.device, beam)))
+    if not loaded.generates:  # a seq2seq run translates each line
+        return _translate(loaded, texts, beam)
+    chat = chat or system is not None
+    asked = _chat_prompts(loaded, texts, system) if chat else texts
+    _print_generation(loaded, asked, settings, seed, echo and not chat, json_output, texts)
+
+
+def _translate(loaded, texts: list[str], beam: int) -> None:
+    task = loaded.task_type.from_recipe(loaded.checkpoint.recipe)
+    print("\n".join(task.translate_lines(loaded.model, "\n".join(texts), loaded.device, beam)))
+
+
+def _chat_prompts(loaded, texts: list[str], system: str | None) -> list[str]:
+    """Each text as a user's first message (after `system`), in the model's chat template."""
+    from llmkit.inference.chat import Conversation
+
+    return [Conversation(loaded.tokenizer, loaded.path, system).ask(text.strip()) for text in texts]
 
 
 def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
@@ -87,9 +112,11 @@ def _read_prompts(prompt: str | None, prompts: Path | None) -> list[str]:
     return [prompt or ""]
 
 
-def _print_generation(loaded, texts: list[str], settings, seed: int | None, echo: bool, as_json: bool) -> None:
+def _print_generation(loaded, texts: list[str], settings, seed: int | None, echo: bool, as_json: bool,
+                      shown: list[str]) -> None:
     """One prompt and one sample stream as they are made; several are printed when done,
-    separated by a line `---` (or one JSON object each)."""
+    separated by a line `---` (or one JSON object each, whose "prompt" is the `shown` text: a
+    chat's question rather than its templated form)."""
     from llmkit.console import say
     from llmkit.inference.generation import generate
 
@@ -113,6 +140,6 @@ def _print_generation(loaded, texts: list[str], settings, seed: int | None, echo
         return
     for i, row in enumerate(rows):
         if as_json:
-            print(json.dumps(row.to_dict(), ensure_ascii=False))
+            print(json.dumps({**row.to_dict(), "prompt": shown[i // settings.num_samples]}, ensure_ascii=False))
         else:
             print(("---\n" if i else "") + (row.prompt if echo else "") + row.text)

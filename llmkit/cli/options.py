@@ -29,6 +29,24 @@ JudgeUrl = Annotated[Optional[str], typer.Option(
 JudgeModel = Annotated[Optional[str], typer.Option(help="The judge's model name (with --judge-url).",
                                                    show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")]
+Dtype = Annotated[str, typer.Option(help="fp32, bf16 (half the memory and the bytes read per token) or fp16 "
+                                    "(GPUs): the weights' dtype while generating.")]
+
+# Sampling, shared by generate and chat. The defaults are llmkit.inference.sampling.TEMPERATURE
+# and TOP_K (a test keeps them equal).
+MaxNewTokens = Annotated[int, typer.Option("--max-new-tokens", "-n", min=0)]
+Temperature = Annotated[float, typer.Option(min=0.0, help="0 picks the most likely token.")]
+TopK = Annotated[Optional[int], typer.Option(min=1, help="Sample among the k most likely tokens.")]
+TopP = Annotated[Optional[float], typer.Option(
+    help="Sample among the most likely tokens whose probabilities sum to p.", show_default=False)]
+MinP = Annotated[Optional[float], typer.Option(
+    help="Drop tokens less than min_p times as likely as the most likely.", show_default=False)]
+RepetitionPenalty = Annotated[float, typer.Option(help="Above 1 makes repeats less likely.")]
+Stop = Annotated[Optional[list[str]], typer.Option(help="End the text before this string (repeatable).",
+                                                   show_default=False)]
+Seed = Annotated[Optional[int], typer.Option(help="Make the sample repeatable.", show_default=False)]
+System = Annotated[Optional[str], typer.Option(help="A system message before the conversation (chat models).",
+                                               show_default=False)]
 
 
 def make_judge(url: str | None, model: str | None) -> Judge | None:

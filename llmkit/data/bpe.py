@@ -194,7 +194,7 @@ def merges_of(tokenizer: BytePairTokenizer) -> list[tuple[bytes, bytes]]:
 
 def save_gpt2_files(tokenizer: BytePairTokenizer, directory: str | Path) -> None:
     """vocab.json and merges.txt, the form GPT-2's tokenizer takes in Hugging Face `transformers`."""
-    from llmkit.atomic import atomic_write_text
+    from llmkit.files import atomic_write_text
 
     symbols = byte_symbols()
     spell = lambda token: "".join(symbols[b] for b in token)  # noqa: E731

@@ -30,6 +30,7 @@ from llmkit.data.shards import ShardSet, ShardWriter, dtype_for, load_shards, ne
 from llmkit.data.sources import DATASETS, ensure_downloaded, file_sha256, get_dataset
 from llmkit.data.tokenizer import Tokenizer, make_tokenizer, save_tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.files import DirectoryLock, clean_stale
 
 CHUNK_BYTES = 1 << 20
 # A safe place to cut text for GPT-2-style pre-tokenization: before a space that sits between two
@@ -153,7 +154,7 @@ def _encode_split(tokenizer: Tokenizer, span: Span, out_dir: Path, split: str, s
     """Pass 3 for one split: encode its chunks BATCH_CHUNKS at a time (several per core, so every
     core stays busy) into shard files of at most `shard_tokens` ids."""
     dtype = dtype_for(tokenizer.vocab_size)
-    files, counts, writer = [], [], None
+    files, counts, checksums, writer = [], [], [], None
 
     def open_next() -> ShardWriter:
         files.append(f"{split}_{len(files):03d}.bin")
@@ -162,6 +163,7 @@ def _encode_split(tokenizer: Tokenizer, span: Span, out_dir: Path, split: str, s
     def finish(w: ShardWriter) -> None:
         w.close()
         counts.append(w.count)
+        checksums.append(w.crc32)
 
     def write(ids) -> None:
         nonlocal writer
@@ -191,7 +193,7 @@ def _encode_split(tokenizer: Tokenizer, span: Span, out_dir: Path, split: str, s
         if writer is not None:
             writer.abort()
         raise
-    return {"files": files, "tokens": counts}
+    return {"files": files, "tokens": counts, "crc32": checksums}
 
 
 def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: DataConfig, command: str,
@@ -201,6 +203,7 @@ def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: Da
     out_dir = Path(out_dir)
     whole = isinstance(splits, Span)
     spans = [splits] if whole else list(splits.values())
+    _check_shard_dir(out_dir)  # before any work: a wrong --out fails at once
     if sum(s.size for s in spans) == 0:
         raise LlmkitError(f"{spans[0].path} is empty: there is nothing to tokenize")
     counts, alphabet, marks = _scan(spans, collect_chars=data.tokenizer == "char")
@@ -215,7 +218,26 @@ def tokenize_spans(splits: dict[str, Span] | Span, out_dir: str | Path, data: Da
     texts = (text for _, text in read_chunks(train, chunk_bytes=TRAIN_CHUNK_BYTES))
     tokenizer = make_tokenizer(data, texts, alphabet, about=f"{train.path} ({train.size / 1e6:,.1f} MB)")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out_dir, "shard directory"):
+        clean_stale(out_dir)
+        return _write_shards(splits, out_dir, data, command, source, tokenizer, counts, whole)
+
+
+def _check_shard_dir(out_dir: Path) -> None:
+    """Shards go into a new directory or one that holds shards: never over someone's other files
+    (a run directory's tokenizer.json, say)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LlmkitError(f"--out {out_dir} is a file, not a directory")
+    ours = re.compile(r"^(meta\.json|tokenizer\.json|\w+_\d{3}\.bin|\.lock|\.stdin|\..*\.tmp)$")
+    others = sorted(p.name for p in out_dir.iterdir() if not ours.match(p.name)) if out_dir.is_dir() else []
+    if others:
+        raise LlmkitError(f"{out_dir} is not a shard directory: it holds {', '.join(others[:3])}"
+                          + (" ..." if len(others) > 3 else ""),
+                          hint="give --out a new directory (or one llmkit tokenize wrote)")
+
+
+def _write_shards(splits: dict[str, Span], out_dir: Path, data: DataConfig, command: str, source: dict,
+                  tokenizer: Tokenizer, counts: list[int], whole: bool) -> ShardSet:
     (out_dir / "meta.json").unlink(missing_ok=True)  # until rewritten, these shards are not complete
     for old in out_dir.glob("*.bin"):
         old.unlink()
@@ -332,8 +354,14 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
         paths = {split: directory / name for split, name in dataset.text}
         splits = (Span(paths[""], 0, paths[""].stat().st_size) if "" in paths
                   else {split: Span(p, 0, p.stat().st_size) for split, p in paths.items()})
-        known = {f.filename: f.sha256 for f in dataset.files}
-        sha256 = "+".join(known.get(p.name) or file_sha256(p) for p in paths.values())
+        known = {m.filename: m.sha256 for f in dataset.files for m in f.targets}
+        hashes = [file_sha256(p) for p in paths.values()]  # re-verified: a raw file may have been edited since
+        for path, digest in zip(paths.values(), hashes):
+            if path.name in known and digest != known[path.name]:
+                raise LlmkitError(f"{path} has changed since it was downloaded (sha256 {digest[:12]}…, "
+                                  f"expected {known[path.name][:12]}…)",
+                                  hint=f"fetch it again: llmkit download {data.source} --data-dir {data.root} --force")
+        sha256 = "+".join(hashes)
         name, shown = dataset.name, data.source
     else:
         text_path = Path(data.source)
@@ -391,6 +419,9 @@ def _check_options(tokenizer: str | None = None, vocab_size: int | None = None, 
     """The tokenize command's options, checked with messages that name them as typed."""
     if tokenizer is not None and tokenizer not in ("char", "bpe", "gpt2"):
         raise LlmkitError(f"--tokenizer must be char, bpe or gpt2, not '{tokenizer}'")
+    if vocab_size is not None and (tokenizer or "char") != "bpe":
+        raise LlmkitError(f"--vocab-size is for the bpe tokenizer; {tokenizer or 'char'} has a fixed vocabulary",
+                          hint="add --tokenizer bpe, or drop --vocab-size")
     if vocab_size is not None and vocab_size < 258:
         raise LlmkitError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least 258 "
                           "(256 bytes, <|endoftext|>, one merge)")

@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmkit.atomic import atomic_open, atomic_write_text
 from llmkit.data.tokenizer import Tokenizer, identity, load_tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.files import atomic_open, atomic_write_text
 
 MAGIC = b"LLMKTOK\x00"
 VERSION = 1
@@ -42,7 +43,7 @@ class ShardWriter:
     """Append arrays of ids to one shard file; it appears, complete, only on `close()`."""
 
     def __init__(self, path: str | Path, dtype: np.dtype):
-        self.path, self.dtype, self.count = Path(path), np.dtype(dtype), 0
+        self.path, self.dtype, self.count, self.crc32 = Path(path), np.dtype(dtype), 0, 0
         self._context = atomic_open(self.path, "wb")
         self._file = self._context.__enter__()
         self._file.write(bytes(HEADER_BYTES))  # placeholder until the count is known
@@ -50,7 +51,9 @@ class ShardWriter:
     def write(self, ids: np.ndarray) -> None:
         if len(ids) and int(ids.max()) > np.iinfo(self.dtype).max:
             raise ValueError(f"token id {int(ids.max())} does not fit {self.dtype}")
-        self._file.write(np.asarray(ids).astype(self.dtype, copy=False).tobytes())
+        data = np.asarray(ids).astype(self.dtype, copy=False).tobytes()
+        self._file.write(data)
+        self.crc32 = zlib.crc32(data, self.crc32)  # of the ids, checked when the shard is opened
         self.count += len(ids)
 
     def close(self) -> None:
@@ -140,17 +143,27 @@ class ShardSet:
         return self.meta["tokenizer"]["identity"]
 
     def split(self, name: str) -> TokenStream:
+        """One split's ids, every shard checked against meta.json: count, dtype, checksum, and
+        ids inside the vocabulary (a model would index past its embedding table otherwise)."""
         if name not in self.meta["splits"]:
             raise LlmkitError(f"{self.directory} has no '{name}' split "
                               f"(it has: {', '.join(self.meta['splits'])})")
         info = self.meta["splits"][name]
         parts = []
-        for file, tokens in zip(info["files"], info["tokens"]):
-            part = open_shard(self.directory / file, self.rebuild)
+        checksums = info.get("crc32") or [None] * len(info["files"])  # shards made before llmkit 0.2 have none
+        for file, tokens, crc in zip(info["files"], info["tokens"], checksums):
+            path = self.directory / file
+            part = open_shard(path, self.rebuild)
+            hint = f"rebuild the shards: {self.rebuild}"
             if len(part) != tokens or part.dtype != np.dtype(self.meta["dtype"]):
-                raise LlmkitError(f"shard {self.directory / file} does not match meta.json "
+                raise LlmkitError(f"shard {path} does not match meta.json "
                                   f"({len(part)} tokens of {part.dtype}, expected {tokens} of "
-                                  f"{self.meta['dtype']})", hint=f"rebuild the shards: {self.rebuild}")
+                                  f"{self.meta['dtype']})", hint=hint)
+            if crc is not None and zlib.crc32(part) != crc:
+                raise LlmkitError(f"shard {path} is damaged: its ids do not match the checksum in meta.json", hint=hint)
+            if len(part) and int(part.max()) >= self.tokenizer.vocab_size:
+                raise LlmkitError(f"shard {path} holds id {int(part.max())}, outside the tokenizer's "
+                                  f"{self.tokenizer.vocab_size} tokens", hint=hint)
             parts.append(part)
         return TokenStream(parts)
 
@@ -166,13 +179,16 @@ def load_shards(directory: str | Path) -> ShardSet:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise LlmkitError(f"{meta_path} is not valid JSON", hint="rebuild with llmkit tokenize") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("tokenizer"), dict) or not isinstance(meta.get("splits"), dict):
+        raise LlmkitError(f"{meta_path} is not a shard description (no tokenizer or splits)",
+                          hint="make the shards with: llmkit tokenize RECIPE_OR_TEXT_FILE")
     if meta.get("format") != META_FORMAT or meta.get("version") != VERSION:
         raise LlmkitError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}"
                           f" is not {META_FORMAT!r} version {VERSION}",
                           hint=f"rebuild the shards: {meta.get('command', 'llmkit tokenize ...')}")
     tokenizer = load_tokenizer(directory / meta["tokenizer"]["file"])
-    if identity(tokenizer) != meta["tokenizer"]["identity"]:
-        raise LlmkitError(f"{directory}: tokenizer.json does not match the identity in meta.json",
+    if identity(tokenizer) != meta["tokenizer"]["identity"] or meta.get("vocab_size") != tokenizer.vocab_size:
+        raise LlmkitError(f"{directory}: tokenizer.json does not match meta.json (identity or vocab_size)",
                           hint=f"rebuild the shards: {meta.get('command', 'llmkit tokenize ...')}")
     return ShardSet(directory, meta, tokenizer)
 

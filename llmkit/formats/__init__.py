@@ -1,2 +1,2 @@
-"""Models from elsewhere and out again: Hugging Face directories in and out (hf_gpt2), and
-`llmkit export` (export)."""
+"""Models from elsewhere and out again: Hugging Face directories (hf), GGUF files (gguf), the
+name tables both go through (tables), and `llmkit export` (export)."""

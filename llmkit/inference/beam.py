@@ -39,8 +39,10 @@ def beam_search(step, start: list[int], beam: int, max_new_tokens: int, eos: int
         if not beams:
             break
         # Log-probs are <= 0, so a live prefix can only lose score; its best possible final value
-        # is its score now spread over the longest length. Stop when no live prefix can win.
-        best_possible = max(s for s, _ in beams) / max(1, max_new_tokens) ** length_penalty
+        # is its score now over the most favourable final length: the longest for a penalty >= 0,
+        # the shortest (one more token) for a negative one. Stop when no live prefix can win.
+        best_length = max(1, max_new_tokens) if length_penalty >= 0 else t + 2
+        best_possible = max(s for s, _ in beams) / best_length ** length_penalty
         if finished and max(f for f, _ in finished) >= best_possible:
             break
     if not finished:

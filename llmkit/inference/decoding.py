@@ -31,7 +31,21 @@ def caches(model: nn.Module) -> bool:
 
 
 class ContextFull(Exception):
-    """Generation reached the context length with context="stop"."""
+    """Every row reached the context length, with context="stop"."""
+
+
+CONTEXT_FULL = -1  # yielded for a row whose context is full (context="stop") while others go on
+
+
+def _unpadded_history(tokens: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """(B, t) ids for the repetition penalty, with each row's left padding replaced by its own
+    first real id: the padding id is not something the row generated, and penalising a token the
+    row does hold twice changes nothing (the penalty reads the logits once, then writes)."""
+    if pad is None or not bool(pad.any()):
+        return tokens
+    columns = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    first = tokens.gather(1, pad[:, None].clamp_max(tokens.shape[1] - 1))  # (B, 1)
+    return torch.where(columns < pad[:, None], first, tokens)
 
 
 @torch.no_grad()
@@ -41,37 +55,44 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
                    context: str = "slide") -> Iterator[torch.Tensor]:
     """Yield (B,) new ids per step, continuing the rows of idx (B, T0). `vocab_size` masks ids
     the tokenizer cannot decode (a model's vocabulary may be padded beyond the tokenizer's).
-    Rows shorter than T0 are left-padded, `pad[b]` columns each."""
+    Rows shorter than T0 are left-padded, `pad[b]` columns each; every row has its own context of
+    block_size tokens, so a short prompt batched with a long one gets as far as alone. With
+    context="stop" a row whose context is full yields CONTEXT_FULL while the others go on, and
+    ContextFull is raised when none can go on."""
     block = model.config.block_size
-    cached = caches(model)
-    padded = pad is not None and bool(pad.any())
+    cached, stop = caches(model), context == "stop"
+    pad = pad if pad is not None and bool(pad.any()) else None
+    pad0 = pad if pad is not None else torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
+    # Stopping, the cache makes room for the longest row's context plus the others' padding.
+    room = block + (int(pad0.max()) if stop else 0)
     tokens, cache = idx, None
-    for _ in range(max_new_tokens):
-        if cached and (cache is None or cache.length == block or not use_cache):
-            if cache is not None and cache.length == block and context == "stop":
+    full = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for step in range(max_new_tokens):
+        if stop and step:  # a row takes one more token while its real ids fit the context
+            full = tokens.shape[1] - pad0 > block
+            if bool(full.all()):
                 raise ContextFull(f"reached the context length ({block} tokens)")
-            # (Re)start: the prompt, or after a full context its last half, runs as a prompt.
-            keep = min(tokens.shape[1], block if cache is None or not use_cache else block // 2)
-            dropped = tokens.shape[1] - keep
-            rows_pad = None if pad is None else (pad - dropped).clamp_min(0)
-            cache = KVCache.for_model(model, tokens.shape[0], block, rows_pad)
+        if cached and (cache is None or cache.length == cache.max_len or not use_cache):
+            sliding = cache is not None and use_cache  # a full context: go on from its last half
+            keep = min(tokens.shape[1], block // 2 if sliding else room)
+            window_pad = (pad0 - (tokens.shape[1] - keep)).clamp_min(0)
+            size = min(room, keep + max_new_tokens - step) if use_cache else keep
+            cache = KVCache.for_model(model, tokens.shape[0], size, window_pad if bool(window_pad.any()) else None)
             logits = model.lm_head(model.hidden(tokens[:, -keep:], cache=cache)[:, -1])
         elif cached:
             logits = model.lm_head(model.hidden(tokens[:, -1:], cache=cache)[:, -1])
+        elif pad is not None:  # no key mask in the small rungs: each row alone, without its padding
+            logits = torch.cat([model(tokens[b : b + 1, int(pad0[b]) :][:, -block:])[:, -1]
+                                for b in range(tokens.shape[0])])
         else:
-            if tokens.shape[1] > block and context == "stop":
-                raise ContextFull(f"reached the context length ({block} tokens)")
-            if padded:  # no key mask in the small rungs: each row without its padding
-                logits = torch.cat([model(tokens[b : b + 1, int(pad[b]) :][:, -block:])[:, -1]
-                                    for b in range(tokens.shape[0])])
-            else:
-                logits = model(tokens[:, -block:])[:, -1]
+            logits = model(tokens[:, -block:])[:, -1]
         if vocab_size is not None and vocab_size < logits.shape[-1]:
             logits[:, vocab_size:] = float("-inf")
-        previous = tokens if sampling.repetition_penalty != 1.0 else None
+        previous = _unpadded_history(tokens, pad) if sampling.repetition_penalty != 1.0 else None
         token = next_token(logits, sampling, generator, previous)  # (B, 1)
+        token = token.masked_fill(full[:, None], 0)  # a full row is fed a placeholder, never read
         tokens = torch.cat([tokens, token], dim=1)
-        yield token[:, 0]
+        yield token[:, 0].masked_fill(full, CONTEXT_FULL)
 
 
 def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

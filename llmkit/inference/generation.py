@@ -23,6 +23,7 @@ use this one engine, so a prompt gives the same text whichever of them asks.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,11 +35,12 @@ from torch import nn
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.inference.beam import beam_search
-from llmkit.inference.decoding import ContextFull, batch_prompts, generate_batch
+from llmkit.inference.decoding import CONTEXT_FULL, ContextFull, batch_prompts, generate_batch
 from llmkit.inference.sampling import Sampling
 from llmkit.inference.stream import StreamDecoder
 
 STOP_REASONS = ("eos", "stop", "length", "context")
+MAX_COUNT = 1 << 20  # new tokens, samples or beams: more than any request could use
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,10 @@ class GenerationSettings:
             raise LlmkitError(f"--context must be slide or stop, got '{self.context}'")
         if self.max_new_tokens < 0 or self.num_samples < 1 or self.beam < 1:
             raise LlmkitError("max_new_tokens must be >= 0, num_samples and beam >= 1")
+        if not math.isfinite(self.length_penalty) or abs(self.length_penalty) > 100:
+            raise LlmkitError(f"--length-penalty must be a finite number from -100 to 100, got {self.length_penalty}")
+        if max(self.max_new_tokens, self.num_samples, self.beam) > MAX_COUNT:
+            raise LlmkitError(f"max_new_tokens, num_samples and beam must each be at most {MAX_COUNT:,}")
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,8 @@ class Generation:
         self.completions = [Completion(p, s) for p in prompts for s in range(settings.num_samples)]
         if settings.beam > 1 and len(self.completions) > 1:
             raise LlmkitError("beam search takes one prompt and gives one result (no --prompts or --num-samples)")
+        if seed is not None and not 0 <= seed < 2**63:
+            raise LlmkitError(f"--seed must be a whole number from 0 to {2**63 - 1:,}, got {str(seed)[:40]}")
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
         self.context_full: str | None = None  # why the context stopped generation, if it did
         self.end_id = getattr(tokenizer, "eot_id", None)
@@ -121,6 +129,10 @@ class Generation:
                 for i, token in enumerate(column.tolist()):
                     row = rows[i]
                     if row.stop_reason is not None:
+                        continue
+                    if token == CONTEXT_FULL:
+                        row.stop_reason = "context"
+                        self.context_full = f"reached the context length ({self.model.config.block_size} tokens)"
                         continue
                     if token == self.end_id:
                         row.stop_reason = "eos"

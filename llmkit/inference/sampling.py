@@ -13,6 +13,7 @@ Each step turns the model's logits for the next position into a choice:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,10 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
+        numbers = (self.temperature, self.repetition_penalty, self.top_p or 0.0, self.min_p or 0.0)
+        if not all(math.isfinite(x) for x in numbers) or self.temperature > 1e4 or self.repetition_penalty > 1e4:
+            raise LlmkitError("temperature, top-p, min-p and the repetition penalty must be finite numbers "
+                              "(temperature and penalty at most 10,000)")
         if self.temperature < 0 or (self.top_k is not None and self.top_k < 1) or self.repetition_penalty <= 0:
             raise LlmkitError("temperature must be >= 0, top-k >= 1 and the repetition penalty > 0")
         for name in ("top_p", "min_p"):

@@ -44,7 +44,8 @@ class _CrossEntropySum(torch.autograd.Function):
             lse[a:b] = torch.logsumexp(logits[a:b].to(acc), dim=-1)
         picked = logits.gather(1, safe[:, None]).squeeze(1).to(acc)
         ctx.save_for_backward(logits, safe, keep, lse)
-        return ((lse - picked) * keep).sum()
+        # where, not a product with keep: an ignored row's logits may be inf (masked), and inf * 0 is NaN.
+        return torch.where(keep, lse - picked, 0.0).sum()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -53,7 +54,8 @@ class _CrossEntropySum(torch.autograd.Function):
         for a, b in _chunks(*logits.shape):
             g = (logits[a:b].to(lse.dtype) - lse[a:b, None]).exp_()  # softmax of the chunk
             g.scatter_add_(1, safe[a:b, None], -torch.ones_like(lse[a:b, None]))  # - onehot
-            logits[a:b] = g.mul_(scale[a:b, None])  # in place: the logits become their gradient
+            g = torch.where(keep[a:b, None], g.mul_(scale[a:b, None]), 0.0)  # ignored rows: exactly 0
+            logits[a:b] = g  # in place: the logits become their gradient
         return logits, None
 
 

@@ -47,11 +47,14 @@ class LayerCache:
 
 class KVCache:
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype, device: torch.device, pad: torch.Tensor | None = None):
+                 dtype: torch.dtype, device: torch.device, pad: torch.Tensor | None = None,
+                 positions: int | None = None):
+        """`positions`: how many positions the model knows (its block_size; default max_len).
+        A row may hold more columns than that only while it is finished and fed placeholders."""
         shape = (batch, n_kv_head, max_len, head_dim)
         self.layers = [LayerCache(self, torch.empty(shape, dtype=dtype, device=device),
                                   torch.empty(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
-        self.max_len, self.length = max_len, 0
+        self.max_len, self.length, self.position_limit = max_len, 0, positions or max_len
         self.pad = pad if pad is not None and bool(pad.any()) else None  # (B,) padding columns per row
         self.new_positions = torch.zeros(0, dtype=torch.long, device=device)
         self.key_mask: torch.Tensor | None = None
@@ -62,7 +65,7 @@ class KVCache:
         config = model.config
         parameter = next(model.parameters())
         return cls(config.n_layer, batch, config.kv_heads, config.n_embd // config.n_head,
-                   max_len or config.block_size, parameter.dtype, parameter.device, pad)
+                   max_len or config.block_size, parameter.dtype, parameter.device, pad, config.block_size)
 
     def begin(self, new: int) -> torch.Tensor:
         """Called by the model before a forward pass over `new` columns: returns the new columns'
@@ -71,9 +74,9 @@ class KVCache:
             raise ValueError(f"the cache holds {self.max_len} positions; {self.length} + {new} do not fit")
         columns = torch.arange(self.length, self.length + new, device=self.new_positions.device)
         if self.pad is None:
-            self.new_positions = columns
+            self.new_positions = columns.clamp_max(self.position_limit - 1)
         else:
-            self.new_positions = (columns[None] - self.pad[:, None]).clamp_min(0)
+            self.new_positions = (columns[None] - self.pad[:, None]).clamp(0, self.position_limit - 1)
             every = torch.arange(self.length + new, device=columns.device)
             self.key_mask = every[None] >= self.pad[:, None]  # (B, S): False at padding
         return self.new_positions

@@ -11,6 +11,8 @@ position information is either added to the token vectors or rotated into querie
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -44,14 +46,31 @@ def sinusoid_table(block_size: int, dim: int) -> torch.Tensor:
     return table
 
 
+@functools.lru_cache(maxsize=16)
+def _fixed_table(kind: str, block_size: int, dim: int, base: float, device: str) -> tuple[torch.Tensor, ...]:
+    """The fixed tables of a model's positions, made once per shape and device and shared by every
+    layer (a 30-layer model with 8,192 positions would otherwise hold 30 copies of its RoPE table)."""
+    if kind == "sinusoidal":
+        return (sinusoid_table(block_size, dim).to(device),)
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (D/2,)
+    angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq  # (T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, D): channel i and i + D/2 share an angle
+    return angles.cos().to(device), angles.sin().to(device)
+
+
 class SinusoidalPositions(nn.Module):
+    """Not a parameter and not saved: the table is computed from the shape (and shared)."""
+
     def __init__(self, block_size: int, dim: int):
         super().__init__()
-        # Not a parameter and not saved: it is recomputed from the shape.
-        self.register_buffer("table", sinusoid_table(block_size, dim), persistent=False)
+        self.block_size, self.dim = block_size, dim
+
+    @property
+    def table(self) -> torch.Tensor:  # (block_size, dim)
+        return _fixed_table("sinusoidal", self.block_size, self.dim, 0.0, "cpu")[0]
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:  # -> (T, C) or (B, T, C)
-        return self.table[positions]
+        return _fixed_table("sinusoidal", self.block_size, self.dim, 0.0, str(positions.device))[0][positions]
 
 
 class RoPE(nn.Module):
@@ -60,20 +79,21 @@ class RoPE(nn.Module):
 
     def __init__(self, head_dim: int, block_size: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (D/2,)
-        angles = torch.arange(block_size, dtype=torch.float32)[:, None] * inv_freq  # (T, D/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (T, D): channel i and i + D/2 share an angle
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.head_dim, self.block_size, self.base = head_dim, block_size, base
+
+    def tables(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (block_size, D): the angle of every channel at every position."""
+        return _fixed_table("rope", self.block_size, self.head_dim, self.base, str(device))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, H, T, D); positions (T,) or (B, T), default 0 .. T - 1."""
         T = x.shape[-2]
+        cos, sin = self.tables(x.device)
         if positions is None:
-            check_length(T, self.cos.shape[0])
-            cos, sin = self.cos[:T], self.sin[:T]
+            check_length(T, self.block_size)
+            cos, sin = cos[:T], sin[:T]
         else:
-            cos, sin = self.cos[positions], self.sin[positions]
+            cos, sin = cos[positions], sin[positions]
             if positions.dim() == 2:  # (B, T, D) -> (B, 1, T, D): the same angles for every head
                 cos, sin = cos[:, None], sin[:, None]
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)

@@ -22,6 +22,11 @@ class GPT(SingleBlockTransformer):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # as GPT-2: no head bias
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.wte.weight
+        self.tie_weights()
         init_weights(self, config.n_layer)
+
+    def tie_weights(self) -> None:
+        """The head and the token embedding become one tensor again (also after weights are
+        assigned one by one, which would part them)."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.wte.weight

@@ -31,10 +31,13 @@ class Seq2Seq(nn.Module):
         self.decoder = nn.ModuleList(Block(config, causal=True, cross=True) for _ in range(config.n_layer))
         self.norm_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.lm_head.weight = self.embed.wte.weight
+        self.tie_weights()
         init_weights(self, 2 * config.n_layer)
         self.grad_checkpointing = False  # set by the trainer (train.grad_checkpointing)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.embed.wte.weight
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         x = run_blocks(self.encoder, self.embed(src), self.grad_checkpointing, src_mask)  # (B, S, C)

@@ -36,8 +36,11 @@ def choose_trainable(model: nn.Module, cfg: TrainConfig) -> None:
     target, head = _body(model), getattr(model, "head", None)
     if cfg.finetune == "last_block":
         model.requires_grad_(False)
-        for part in (target.blocks[-1], target.norm_f, head or target.lm_head):
-            part.requires_grad_(True)
+        if head is None:  # a language model's own head; when tied it is the token embedding, which stays frozen
+            head = None if target.lm_head.weight is target.embed.wte.weight else target.lm_head
+        for part in (target.blocks[-1], target.norm_f, head):
+            if part is not None:
+                part.requires_grad_(True)
     elif cfg.finetune == "lora":
         add_lora(model, cfg.lora)
         if head is not None:

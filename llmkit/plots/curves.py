@@ -86,7 +86,10 @@ def draw_loss(runs: list[str], out: Path | None = None) -> Path:
         if not (path / METRICS).is_file():
             raise LlmkitError(f"{path} has no {METRICS}", hint="a run logs there as it trains")
         name = path.resolve().name
-        records[name if name not in records else str(path)] = MetricsLog(path / METRICS).read()
+        logged = MetricsLog(path / METRICS).read()
+        if not any(r.get("kind") in ("train", "eval") for r in logged):
+            raise LlmkitError(f"{path / METRICS} holds no losses yet", hint="a run logs every train.log_interval steps")
+        records[name if name not in records else str(path)] = logged
     default = Path(runs[0]) / "loss.png" if len(runs) == 1 else Path("loss.png")
     return plot_loss_curves(records, out or default, "loss" if len(runs) > 1 else next(iter(records)))
 

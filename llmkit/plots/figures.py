@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from llmkit.atomic import atomic_open
+from llmkit.files import atomic_open
 
 DPI = 100
 

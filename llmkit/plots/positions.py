@@ -41,7 +41,7 @@ def position_pictures(kind: str, block_size: int, n_embd: int, n_head: int, rope
         D = n_embd // n_head
         rope = RoPE(D, block_size, rope_base)
         rotated = rope(torch.ones(1, 1, block_size, D))[0, 0]  # (T, D): one vector at every position
-        return rope.cos[:, : D // 2], _cosine(rotated)
+        return rope.tables()[0][:, : D // 2], _cosine(rotated)
     raise LlmkitError(f"--kind must be learned, sinusoidal or rope, got '{kind}'")
 
 

@@ -49,7 +49,9 @@ class Task(Protocol):
 
     def describe(self) -> str: ...
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator) -> Batch: ...
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False) -> Batch:
+        """A batch of `split`. `training`: the trainer's own draw (from data.sampler: epoch
+        sampling keeps its place); measurements draw with their generator alone."""
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         """The loss summed over the batch's targets (divide by `count` for the mean)."""

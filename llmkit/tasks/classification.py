@@ -120,7 +120,7 @@ class Classification:
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return encode(self.tokenizer, texts, self.block_size)
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         rows = self.splits[split]
         picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
         x, mask = self.encode([rows[i][0] for i in picked])

@@ -123,7 +123,7 @@ class Instruct:
         sizes = ", ".join(f"{len(rows):,} {name}" for name, rows in self.splits.items())
         return f"data instruct (Alpaca prompts, loss on responses only): {sizes} entries"
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         rows = self.examples[split]
         picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
         return collate([rows[i] for i in picked], self.eot)
@@ -169,15 +169,23 @@ class Instruct:
             entries = self.splits[split]
             answers = self.answer(model, entries)
             records = [{**e, "model_response": a} for e, a in zip(entries, answers)]
-            result.update(score_responses(records, judge))
-            if responses is not None:
-                from llmkit.atomic import atomic_write_text
-
-                atomic_write_text(responses, json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+            result.update(score_responses(records))
+            if responses is not None:  # written before any judge is asked: a judge that fails loses nothing
+                _write_responses(responses, records)
                 result["responses"] = str(responses)
+            if judge is not None:
+                result.update(score_responses(records, judge))
+                if responses is not None:
+                    _write_responses(responses, records)
         return result
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str:
         entries = self.splits["val"][:2]
         answers = self.answer(model, entries, max_new_tokens=min(length, 100))
         return "\n".join(f"{e['instruction']} -> {a!r} (reference {e['output']!r})" for e, a in zip(entries, answers))
+
+
+def _write_responses(path: Path, records: list[dict]) -> None:
+    from llmkit.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(records, indent=1, ensure_ascii=False) + "\n")

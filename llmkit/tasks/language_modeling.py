@@ -20,6 +20,8 @@ from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.cross_entropy import cross_entropy
 
+LOGITS_PER_PASS = 1 << 27
+
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of (B, T, V) logits against (B, T) target ids; targets of -100 are ignored.
@@ -36,6 +38,9 @@ def evaluate_split(model: nn.Module, stream: TokenStream, tokenizer: Tokenizer, 
     `sliding_windows`)."""
     model.eval()
     nats, tokens, correct = 0.0, 0, 0
+    # A pass's logits are batch x T x V floats: at most ~512 MB of them (a 49K vocabulary and
+    # 1,024-token windows take two windows a pass, not 32: 6.4 GB).
+    batch_size = max(1, min(batch_size, LOGITS_PER_PASS // (block_size * model.config.vocab_size)))
     for x, y in sliding_windows(stream, block_size, stride or block_size, batch_size):
         x, y = x.to(device), y.to(device)
         logits = model(x)
@@ -87,8 +92,8 @@ class LanguageModeling:
         return (f"data {self.shards.directory}: {len(self.stream('train')):,} train / "
                 f"{len(self.stream('val')):,} val tokens")
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator):
-        if split == "train" and self.sampler_kind == "epoch":
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
+        if training and self.sampler_kind == "epoch":
             if self._epochs is None:
                 self._epochs = EpochSampler(len(self.stream(split)), self.block_size, self.seed)
             return epoch_batch(self.stream(split), self._epochs, batch_size)

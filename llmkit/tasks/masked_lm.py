@@ -51,7 +51,7 @@ class MaskedLM(LanguageModeling):
 
         return cls(ensure_tokens(recipe.data), recipe.model.block_size)
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         stream = self.stream(split)
         starts = torch.randint(len(stream) - self.block_size + 1, (batch_size,), generator=generator)
         ids = torch.from_numpy(stream.windows(starts.numpy(), self.block_size))  # (B, T)

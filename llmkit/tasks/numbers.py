@@ -112,7 +112,7 @@ class NumbersToWords:
             src[i, : len(row)] = torch.tensor(row)
         return src, src != self.pad
 
-    def batch(self, split: str, batch_size: int, generator: torch.Generator):
+    def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         """(src, src_mask, decoder input <bos> w1 .. wn, targets w1 .. wn <eos>, -100 at padding)."""
         numbers = self.draw(batch_size, generator) if split == "train" else [
             self.val[int(i)] for i in torch.randint(len(self.val), (batch_size,), generator=generator)]

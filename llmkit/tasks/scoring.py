@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import string
 import urllib.error
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 
 from llmkit.errors import LlmkitError
 from llmkit.tasks.prompts import format_prompt
+
+MAX_REPLY_BYTES = 1 << 20  # a score is a few characters; a reply this long is not one
 
 
 def normalize(text: str) -> str:
@@ -77,14 +80,26 @@ class Judge:
                                          json.dumps(body).encode(), headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                reply = json.loads(response.read())["choices"][0]["message"]["content"]
+                body = response.read(MAX_REPLY_BYTES + 1)
+            if len(body) > MAX_REPLY_BYTES:
+                raise ValueError(f"a reply of more than {MAX_REPLY_BYTES:,} bytes")
+            reply = json.loads(body)["choices"][0]["message"]["content"]
+            if not isinstance(reply, str):
+                raise TypeError("a reply whose content is not text")
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
-            raise LlmkitError(f"the judge at {self.url} did not answer: {e}",
+            raise LlmkitError(f"the judge at {self.url} did not answer: {str(e)[:200]}",
                               hint="check --judge-url (the base ending in /v1) and --judge-model") from None
-        number = re.search(r"\d+", reply)
-        if number is None or not 0 <= int(number.group()) <= 100:
-            raise LlmkitError(f"the judge answered {reply[:80]!r}, not a score from 0 to 100")
-        return int(number.group())
+        return parse_score(reply)
+
+
+def parse_score(reply: str) -> int:
+    """The judge's score: the first number in its reply, which must be a whole number from 0 to
+    100 (`85`, `Score: 85`, `85.0`); anything else (`1e309`, `-3`, `150`, no number) is refused."""
+    number = re.search(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", reply)
+    value = float(number.group()) if number else math.nan
+    if not (math.isfinite(value) and value.is_integer() and 0 <= value <= 100):
+        raise LlmkitError(f"the judge answered {reply[:80]!r}, not a score from 0 to 100")
+    return int(value)
 
 
 def score_responses(records: list[dict], judge: Judge | None = None) -> dict:

@@ -8,7 +8,8 @@ import importlib.util
 import json
 from pathlib import Path
 
-from llmkit.atomic import atomic_write_text
+from llmkit.errors import LlmkitError
+from llmkit.files import atomic_write_text, os_error
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -20,8 +21,11 @@ class MetricsLog:
         self._tensorboard = tensorboard and importlib.util.find_spec("tensorboard") is not None
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise os_error(e, self.path) from None
         if self._tensorboard:
             self._write_events(record)
 
@@ -36,10 +40,24 @@ class MetricsLog:
         self._writer.flush()
 
     def read(self) -> list[dict]:
+        """Every record. A last line cut short (the process was killed while appending it) is
+        dropped; a damaged line before it is an error."""
         if not self.path.is_file():
             return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        lines = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                if number == len(lines):
+                    break
+                raise LlmkitError(f"{self.path}, line {number}, is not a JSON record",
+                                  hint="the file is damaged: delete that line (or the file, to lose the history)")
+            records.append(record)
+        return records
 
     def keep_until(self, step: int) -> None:
         """Drop records after `step`: a resumed run replays those steps and logs them again."""

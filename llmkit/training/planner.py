@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig, Recipe
+from llmkit.errors import LlmkitError
 from llmkit.layers.cross_entropy import cross_entropy
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s), from the vendors' data sheets, for MFU.
@@ -47,6 +48,27 @@ def _meta_model(config: ModelConfig) -> nn.Module:
 
     with torch.device("meta"):
         return build_model(config)
+
+
+def parameters_of(config: ModelConfig) -> int:
+    """Parameters of the model a config describes, without building it: counted on meta-device
+    models of one and two blocks and extrapolated (the count is linear in n_layer), so that a
+    typo like n_layer=100000000 is measured in a millisecond instead of built for hours."""
+    one, two = (sum(p.numel() for p in _meta_model(dataclasses.replace(config, n_layer=n)).parameters())
+                for n in (1, 2))
+    return one + (config.n_layer - 1) * (two - one)
+
+
+def check_fits(recipe: Recipe, device: torch.device) -> None:
+    """Refuse a model whose weights, gradients and AdamW moments (16 bytes a parameter; 4 for a
+    frozen one) cannot fit this device's free memory, before anything is built."""
+    params = parameters_of(recipe.model)
+    needed = params * (16 if recipe.train.finetune == "all" else 4)
+    available = device_memory(device)
+    if available is not None and needed > available:
+        raise LlmkitError(f"the model has {params:,} parameters: about {_size(needed)} for its weights and "
+                          f"training state, and {device} has {_size(available)} free",
+                          hint="make it smaller: model.n_layer, model.n_embd, model.vocab_size, model.block_size")
 
 
 def matmul_parameters(model: nn.Module) -> int:
@@ -293,6 +315,7 @@ def dry_run(recipe: Recipe) -> int:
         tokenizer = read_checkpoint(recipe.train.init_from).tokenizer if recipe.train.init_from else None
         recipe = recipe_with(recipe, model={"vocab_size": make_task(recipe, tokenizer).vocab_size})
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    check_fits(recipe, device)
     result = plan(recipe, device, world)
     print(f"plan for {recipe.name}: {recipe.model.name}, {recipe.train.precision}"
           + (f", {world} processes ({recipe.train.distributed})" if world > 1 else ""))

@@ -32,13 +32,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.nn.parallel import DistributedDataParallel
 
-from llmkit.atomic import atomic_write_text
 from llmkit.checkpoint import Checkpoint, RunState
 from llmkit.config import Recipe, TrainConfig, recipe_to_yaml, recipe_with
 from llmkit.console import console, say
 from llmkit.data.tokenizer import save_tokenizer
 from llmkit.device import resolve_device
 from llmkit.errors import RUN_FAILED, LlmkitError
+from llmkit.files import DirectoryLock, atomic_write_text, clean_stale
 from llmkit.loading import LoadedModel, load_model
 from llmkit.models import build_model, count_parameters, describe
 from llmkit.models.transfer import choose_trainable, load_base
@@ -49,7 +49,7 @@ from llmkit.training import precision
 from llmkit.training.distributed import Distributed, device_for, from_environment, shutdown, wrap
 from llmkit.training.metrics import MetricsLog
 from llmkit.training.optimizer import make_optimizer
-from llmkit.training.planner import flops_per_token, peak_flops
+from llmkit.training.planner import check_fits, flops_per_token, peak_flops
 from llmkit.training.schedule import learning_rate
 
 INTERRUPTED = 130  # the shell's exit code for a run stopped by Ctrl-C
@@ -79,13 +79,13 @@ def _restore_rng(states: dict, sampler: torch.Generator) -> None:
 
 
 class _StopRequest:
-    """The first Ctrl-C / SIGTERM asks the loop to stop after the current step; a second Ctrl-C
-    stops at once."""
+    """The first Ctrl-C / SIGTERM / SIGHUP (the terminal closed) asks the loop to stop after the
+    current step, and the run saves; a second Ctrl-C stops at once."""
 
     def __enter__(self) -> _StopRequest:
         self.requested, self._previous = False, {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -209,7 +209,7 @@ class Trainer:
             group["lr"] = lr
         # The same global batch on every process (same sampler seed); each keeps its own rows and
         # splits them into micro-batches.
-        rows = self.setup.rows(self.task.batch("train", cfg.batch_size, self.sampler))
+        rows = self.setup.rows(self.task.batch("train", cfg.batch_size, self.sampler, training=True))
         micro_batches = list(zip(*(t.chunk(self.accum_steps) for t in rows)))
         targets = self.setup.sum(torch.tensor(sum(self.task.count(m) for m in micro_batches), device=self.device))
         # Each micro-batch contributes its summed loss / all targets of the step, so the gradient
@@ -224,10 +224,12 @@ class Trainer:
             summed += loss.detach().double()
         loss_value = (self.setup.sum(summed) / targets).item()
         if not math.isfinite(loss_value):
+            saved = (f"{self.run_dir / LATEST} still holds the last good state (from the last evaluation); "
+                     if (self.run_dir / LATEST).is_file() else "no checkpoint was written yet; ")
             raise LlmkitError(
                 f"the loss became {loss_value} at step {self.state.step + 1}: training diverged",
-                hint=f"{self.run_dir / LATEST} still holds the last good state; lower train.lr "
-                "or raise train.warmup_steps, then --resume",
+                hint=f"{saved}lower train.lr or raise train.warmup_steps, then "
+                + ("--resume" if (self.run_dir / LATEST).is_file() else "start again"),
                 exit_code=RUN_FAILED,
             )
         self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
@@ -322,6 +324,10 @@ def accumulation_steps(cfg: TrainConfig, world: int) -> int:
 def _check_run_dir(recipe: Recipe, resume: bool, overwrite: bool) -> None:
     """Refuse to train into a directory that holds a run, unless told to resume or overwrite."""
     run_dir, latest = recipe.run_dir, recipe.run_dir / LATEST
+    if resume and overwrite:
+        raise LlmkitError("--resume continues a run and --overwrite starts it again: give one of them")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LlmkitError(f"the run directory {run_dir} is a file", hint=f"choose another: out_dir=runs/{recipe.name}_2")
     if resume and not latest.is_file():
         raise LlmkitError(f"nothing to resume: {latest} does not exist",
                           hint="run the same command without --resume to start training")
@@ -351,6 +357,15 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, base: L
 def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed, base: LoadedModel | None) -> Path:
     device = device_for(setup, resolve_device(recipe.train.device))
     _check_run_dir(recipe, resume, overwrite)
+    # One process writes a run at a time (rank 0 under torchrun); kill -9 debris goes first.
+    with DirectoryLock(recipe.run_dir, "run") if setup.is_main else contextlib.nullcontext():
+        if setup.is_main:
+            clean_stale(recipe.run_dir)
+        return _train_locked(recipe, resume, setup, base, device)
+
+
+def _train_locked(recipe: Recipe, resume: bool, setup: Distributed, base: LoadedModel | None,
+                  device: torch.device) -> Path:
     # What the model starts from is read once: the run's own latest.pt when resuming (so a
     # finetuned run resumes with its base deleted), else the base to finetune, if any.
     latest = Checkpoint.load(recipe.run_dir / LATEST) if resume else None
@@ -367,6 +382,7 @@ def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed, ba
         raise LlmkitError(f"model.vocab_size={vocab_size} is smaller than the task's {task.vocab_size} "
                           "tokens (the tokenizer's, plus any special tokens)")
     recipe = recipe_with(recipe, model={"vocab_size": vocab_size})
+    check_fits(recipe, device)
     trainer = Trainer(recipe, task, device, setup, base if latest is None else None)
     if latest is not None:
         trainer.resume(latest)
