@@ -28,7 +28,7 @@ from llmkit.config import ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.lora import add_lora, merge_lora
-from llmkit.models import build_model
+from llmkit.models import meta_model
 from llmkit.run import checkpoint_path
 
 
@@ -120,8 +120,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
                           dtype: torch.dtype = torch.float32) -> LoadedModel:
     """Build the checkpoint's model with its weights. A LoRA checkpoint comes with its adapters,
     or with them folded into the weights when `merge` is set."""
-    with torch.device("meta"):  # no memory until the weights arrive: they are assigned, not copied
-        model = build_model(checkpoint.model_config)
+    model = meta_model(checkpoint.model_config)  # no memory until the weights arrive: assigned, not copied
     if checkpoint.lora is not None:
         add_lora(model, checkpoint.lora)
     try:

@@ -14,6 +14,14 @@ compute the same function), batch 1, a 16-token prompt, greedy decoding:
     .venv/bin/python scripts/bench_generate.py --new-tokens 50 --long-tokens 100 --repeats 1   # a quick look
     .venv/bin/python scripts/bench_generate.py --device cuda --json
 
+With --model (a GGUF file or a registered name such as smollm2), the same comparison runs on a
+real model instead: llmkit and transformers each load the same GGUF file (transformers through
+its own GGUF loader), in each --dtypes, on a chat-templated prompt; rows add the memory-bandwidth
+bound (the weights' bytes, read once per token, over the bandwidth of a plain read measured in
+the same run), and `llmkit generate` itself is timed in a fresh process: load, first token, peak RSS.
+
+    .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16
+
 Keep the machine otherwise idle while it runs.
 """
 
@@ -64,7 +72,11 @@ def main() -> None:
                    help="runs for cached vs uncached (uncached 500 tokens takes minutes on a CPU)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--model", help="a GGUF file or registered name (smollm2): benchmark a real model instead")
+    p.add_argument("--dtypes", default="fp32,bf16", help="with --model: the dtypes to compare in")
     args = p.parse_args()
+    if args.model:
+        return real_model(args)
     device = torch.device(args.device)
     torch.manual_seed(0)
     config = ModelConfig(name="gpt", bias=True, dropout=0.0, **GPT2_124M)
@@ -126,6 +138,90 @@ def main() -> None:
     compare(f"{args.long_tokens} new tokens, llmkit with vs without its KV cache",
             {"cached": llmkit, "uncached": lambda n: llmkit(n, cache=False)}, args.long_tokens, "uncached",
             args.long_repeats)
+
+
+def bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
+    """A plain read of a buffer far larger than the caches: the bytes per second decoding can hope for."""
+    x = torch.ones(megabytes * (1 << 20) // 4)
+    x.sum()
+    best = min(timed(lambda: x.sum(), torch.device("cpu"))[0] for _ in range(repeats))
+    return x.numel() * 4 / best / 1e9
+
+
+def fresh_process(model: str) -> dict:
+    """`llmkit generate MODEL -n 1` in a new process: wall time to the first token (load included)
+    and peak RSS."""
+    import resource
+    import subprocess
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llmkit", "generate", model, "-p", "Hello", "-n", "1",
+                           "--temperature", "0"], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(proc.stderr)
+    return {"first_token_s": round(wall, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+
+
+def real_model(args) -> None:
+    from llmkit.inference.chat import Conversation
+    from llmkit.loading import load_model, read_checkpoint
+
+    path = read_checkpoint(args.model).path  # the GGUF file (downloaded first for a registered name)
+    command = shlex.join(sys.orig_argv)
+    machine = {"device": f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)", "torch": torch.__version__,
+               "transformers": transformers.__version__}
+    bandwidth = bandwidth_gb_s()
+    process = fresh_process(args.model)
+    if not args.json:
+        print(f"command: {command}")
+        print("machine: " + " | ".join(f"{k} {v}" for k, v in machine.items()) + f" | read bandwidth {bandwidth:.1f} GB/s")
+        print(f"model:   {path.name}, batch 1, greedy, {args.new_tokens} new tokens, median of {args.repeats} interleaved runs")
+        print(f"llmkit generate {args.model} -n 1, fresh process: {process['first_token_s']} s to the first token "
+              f"(load included), peak RSS {process['peak_rss_mb']} MB")
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for name in args.dtypes.split(","):
+        ours = load_model(path, dtype=name)
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                                   dtype=dtypes[name]).eval()
+        text = Conversation(ours.tokenizer, path).ask("Write a long story about a cat who learns to fly.")
+        prompt = torch.tensor([ours.tokenizer.encode(text).tolist()])
+        greedy = Sampling(temperature=0)
+
+        def llmkit(n: int):
+            return lambda: [int(t) for t in generate_batch(ours.model, prompt, n, greedy)]
+
+        def huggingface(n: int):
+            def run():
+                with torch.no_grad():
+                    out = theirs.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                                          pad_token_id=2, attention_mask=torch.ones_like(prompt))
+                return out[0, prompt.shape[1]:].tolist()
+            return run
+
+        for make in (llmkit, huggingface):
+            make(8)()
+        times, tokens = {"llmkit": [], "transformers": []}, {}
+        for r in range(args.repeats):
+            for who in (["llmkit", "transformers"] if r % 2 == 0 else ["transformers", "llmkit"]):
+                seconds, tokens[who] = timed((llmkit if who == "llmkit" else huggingface)(args.new_tokens), torch.device("cpu"))
+                times[who].append(seconds)
+        speed = {who: args.new_tokens / statistics.median(t) for who, t in times.items()}
+        weight_bytes = sum(p.numel() * p.element_size() for p in ours.model.parameters())
+        row = {"what": f"{path.name} {name}", "new_tokens": args.new_tokens, "prompt_tokens": prompt.shape[1], "batch": 1,
+               "llmkit_tokens_per_s": round(speed["llmkit"], 2), "transformers_tokens_per_s": round(speed["transformers"], 2),
+               "ratio": round(speed["llmkit"] / speed["transformers"], 3),
+               "bound_tokens_per_s": round(bandwidth * 1e9 / weight_bytes, 1), "weight_mb": round(weight_bytes / 1e6),
+               "same_greedy_prefix": common_prefix(tokens["llmkit"], tokens["transformers"]),
+               **process, **machine, "read_bandwidth_gb_s": round(bandwidth, 1), "command": command}
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{name}: llmkit {row['llmkit_tokens_per_s']:,.1f} tokens/s, transformers "
+                  f"{row['transformers_tokens_per_s']:,.1f} -> {row['ratio']:.2f}x; bandwidth bound "
+                  f"{row['bound_tokens_per_s']} tokens/s ({row['weight_mb']} MB per token); greedy tokens agree "
+                  f"for the first {row['same_greedy_prefix']} of {args.new_tokens}")
+
 
 
 if __name__ == "__main__":

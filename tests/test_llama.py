@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from llmkit.errors import LlmkitError
-
 transformers = pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 

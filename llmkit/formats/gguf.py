@@ -81,8 +81,7 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     tensors = {t.name: t for t in reader.tensors}
     config = config_from_gguf(arch, fields, tensors, path)
     tokenizer = HFTokenizer.from_gguf(fields, config.vocab_size)
-    theirs = _Dequantized(tensors, dtype, path)  # one tensor at a time: memory for the result only
-    weights = TABLES[arch].to_ours(theirs, config, shapes_of(config))
+    weights = TABLES[arch].to_ours(_Dequantized(tensors, dtype, path), config, shapes_of(config))
     quant = sorted({t.tensor_type.name for t in reader.tensors})
     return Checkpoint(config, weights, tokenizer, data={"tokens": None, "command": f"(weights from {path})"},
                       origin={"kind": "imported", "from": str(path), "format": "gguf", "tensor_types": quant},
@@ -90,7 +89,9 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
 
 
 class _Dequantized(Mapping):
-    """The file's tensors by name, each dequantized when it is looked up (and not kept)."""
+    """The file's tensors by name, each dequantized when it is looked up (and not kept): the
+    memory of the result, not of two copies. (Dequantizing ahead on a second thread gained
+    nothing here: the gguf library's dequantizer holds the GIL between its numpy calls.)"""
 
     def __init__(self, tensors: dict, dtype: torch.dtype, path: Path):
         self.tensors, self.dtype, self.path = tensors, dtype, path

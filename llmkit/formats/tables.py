@@ -28,7 +28,6 @@ import torch
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
 
-
 # Tensors some files carry that are not weights: GPT-2's causal-mask buffers, rotary frequencies.
 IGNORED = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "rope_freqs.weight")
 
@@ -225,7 +224,6 @@ def shape_of(config: ModelConfig) -> str:
 
 def shapes_of(config: ModelConfig) -> dict[str, torch.Size]:
     """The shape of every tensor of the model a config describes (built on the meta device: no memory)."""
-    from llmkit.models import build_model
+    from llmkit.models import meta_model
 
-    with torch.device("meta"):
-        return {name: t.shape for name, t in build_model(config).state_dict().items()}
+    return {name: t.shape for name, t in meta_model(config).state_dict().items()}

@@ -19,6 +19,7 @@ from torch import nn
 
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.inference.layout import prefer_layout
 from llmkit.inference.sampling import Sampling, next_token
 from llmkit.layers.kv_cache import KVCache
 
@@ -61,6 +62,7 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
     ContextFull is raised when none can go on."""
     block = model.config.block_size
     cached, stop = caches(model), context == "stop"
+    prefer_layout(model, idx.shape[0])
     pad = pad if pad is not None and bool(pad.any()) else None
     pad0 = pad if pad is not None else torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device)
     # Stopping, the cache makes room for the longest row's context plus the others' padding.

@@ -94,24 +94,28 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, K, S, D): every position so far
             key_mask = cache.key_mask
-        if self.n_kv_head != self.n_head:  # GQA: each key/value head serves H / K query heads
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         y = self._attend(q, k, v, key_mask)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj_dropout(self.proj(y))
 
     def _attend(self, q, k, v, key_mask):
+        """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D). With GQA (K < H) each key/value
+        head serves H / K query heads: the fused kernel reads them in place (enable_gqa), the
+        written-out path repeats them."""
         T, S = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if not self.explicit:
             # PyTorch's fused kernel (flash attention on GPUs); is_causal is its fast path.
+            gqa = {"enable_gqa": True} if self.n_kv_head != self.n_head else {}
             if key_mask is None and self.causal and T == S:
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, **gqa)
             if key_mask is None and self.causal and T == 1:  # one new query after a cache sees every key
-                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+                return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
             mask = attention_mask(T, S, self.causal, key_mask, q.device)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         # The same computation written out, keeping the weights for plots.
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
         mask = attention_mask(T, S, self.causal, key_mask, q.device)

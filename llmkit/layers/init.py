@@ -13,6 +13,8 @@ from llmkit.layers.positions import LearnedPositions
 
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
+    if next(model.parameters()).is_meta:  # shapes only (weights come later, or never): nothing to draw
+        return
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Embedding, LearnedPositions)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)

@@ -8,6 +8,7 @@ RMSNorm:    y = x / sqrt(mean(x^2) + eps) * g                   no centring, no 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmkit.config import ModelConfig
@@ -21,6 +22,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim) -> (..., dim)
         # Normalise in fp32 even under autocast: the mean of squares overflows fp16 easily.
+        if x.dtype == self.weight.dtype:  # the same as below, as one fused kernel (which accumulates in fp32)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         rms = torch.rsqrt(x.float().pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (x.float() * rms).type_as(x) * self.weight
 

@@ -73,6 +73,9 @@ class SinusoidalPositions(nn.Module):
         return _fixed_table("sinusoidal", self.block_size, self.dim, 0.0, str(positions.device))[0][positions]
 
 
+_LAST_ANGLES: list = [None]  # (positions tensor, key, (cos, sin)) of the last lookup
+
+
 class RoPE(nn.Module):
     """Rotary position embedding for (B, H, T, D) queries or keys, in the rotate-half layout
     (the first D/2 channels pair with the last D/2), as Llama's Hugging Face port uses."""
@@ -85,18 +88,29 @@ class RoPE(nn.Module):
         """(cos, sin), each (block_size, D): the angle of every channel at every position."""
         return _fixed_table("rope", self.block_size, self.head_dim, self.base, str(device))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, H, T, D); positions (T,) or (B, T), default 0 .. T - 1."""
-        T = x.shape[-2]
+    def angles(self, x: torch.Tensor, positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin at the positions, in x's dtype: (T, D), or (B, 1, T, D) for (B, T)
+        positions. The last answer is kept, since every layer (and keys as well as queries) asks
+        for the same positions in one forward pass: one lookup per step instead of 4 per layer."""
+        key = (self.head_dim, self.block_size, self.base, x.device, x.dtype, x.shape[-2])
+        last = _LAST_ANGLES[0]
+        if last is not None and last[0] is positions and last[1] == key:
+            return last[2]
         cos, sin = self.tables(x.device)
         if positions is None:
-            check_length(T, self.block_size)
-            cos, sin = cos[:T], sin[:T]
+            check_length(x.shape[-2], self.block_size)
+            cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
         else:
             cos, sin = cos[positions], sin[positions]
             if positions.dim() == 2:  # (B, T, D) -> (B, 1, T, D): the same angles for every head
                 cos, sin = cos[:, None], sin[:, None]
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        angles = cos.to(x.dtype), sin.to(x.dtype)
+        _LAST_ANGLES[0] = (positions, key, angles)
+        return angles
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, H, T, D); positions (T,) or (B, T), default 0 .. T - 1."""
+        cos, sin = self.angles(x, positions)
         first, second = x.chunk(2, dim=-1)
         rotated = torch.cat([-second, first], dim=-1)  # (x1, x2) -> (-x2, x1): a 90-degree turn
         return x * cos + rotated * sin

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 from torch import nn
 
 from llmkit.config import ModelConfig
@@ -38,6 +39,24 @@ def build_model(config: ModelConfig) -> nn.Module:
     if config.n_classes is not None:
         return SequenceClassifier(config, MODELS[config.name](dataclasses.replace(config, n_classes=None)))
     return MODELS[config.name](config)
+
+
+_INITS = ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_", "zeros_", "ones_", "constant_")
+
+
+def meta_model(config: ModelConfig) -> nn.Module:
+    """The model's modules with shapes but no memory (the meta device), for weights that come
+    later (assigned from a checkpoint) or never (counting, planning). Random initialisation is
+    skipped: on the meta device it only costs time (and imports torch's compiler)."""
+    saved = {name: getattr(nn.init, name) for name in _INITS}
+    try:
+        for name in _INITS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            return build_model(config)
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
 
 
 def count_parameters(model: nn.Module) -> int:

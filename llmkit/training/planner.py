@@ -44,10 +44,9 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
 
 
 def _meta_model(config: ModelConfig) -> nn.Module:
-    from llmkit.models import build_model
+    from llmkit.models import meta_model
 
-    with torch.device("meta"):
-        return build_model(config)
+    return meta_model(config)
 
 
 def parameters_of(config: ModelConfig) -> int:
