@@ -164,6 +164,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def read_json(path: str | os.PathLike, limit: int = 16 << 20) -> dict:
+    """A JSON object from a settings file (config.json, tokenizer_config.json), refusing one
+    larger than `limit` bytes before reading it: such files are small, and a huge one is not one."""
+    import json
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise LlmkitError(f"{shown(path)} is {size:,} bytes: too large for a settings file (at most {limit:,})")
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LlmkitError(f"cannot read {shown(path)}: {str(e)[:200]}") from None
+    if not isinstance(value, dict):
+        raise LlmkitError(f"{shown(path)} is not a JSON object")
+    return value
+
+
 class DirectoryLock:
     """`with DirectoryLock(run_dir):` — one process at a time writes the directory. The lock is
     the kernel's (flock), so it goes away with its process however that process ends; the PID

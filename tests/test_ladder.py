@@ -39,7 +39,9 @@ def test_ladder_tabulates_every_rung(tmp_path):
     assert rows[0][2:4] == ["bigram", "4,225"]  # block_size does not change the bigram
     ladder = tmp_path / "ladder"
     assert (ladder / "ladder.md").read_text(encoding="utf-8") == proc.stdout
-    assert (ladder / "single_head" / "latest.pt").is_file()
+    from llmkit.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ladder / "single_head" / "latest.pt")["step"] == 3
     assert (ladder / "loss.png").is_file() or "skipping loss.png" in proc.stderr
 
 

@@ -164,4 +164,8 @@ def test_every_recipe_trains_for_two_steps(path, tmp_path, shared_data):
                       "train.compile=false"]
     recipe = load_recipe(path, overrides)
     run = train(recipe)
-    assert (run / "best.pt").is_file() and (run / "recipe.yaml").is_file()
+    from llmkit.loading import load_model
+
+    trained = load_model(run, "latest")  # the checkpoint describes itself: it builds, with its step
+    assert trained.checkpoint.state.step == 2 and trained.config.name == recipe.model.name
+    assert load_recipe(run / "recipe.yaml") == trained.checkpoint.recipe

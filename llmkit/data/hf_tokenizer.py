@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from llmkit.errors import LlmkitError
+from llmkit.files import read_json
 
 GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -101,7 +102,7 @@ class HFTokenizer:
             tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
         except Exception as e:
             raise LlmkitError(f"cannot read {directory / 'tokenizer.json'}: {str(e)[:200]}") from None
-        settings = _read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
+        settings = read_json(directory / "tokenizer_config.json") if (directory / "tokenizer_config.json").is_file() else {}
 
         def token_id(key: str, fallback: int | None) -> int | None:
             token = settings.get(key)
@@ -171,34 +172,3 @@ def _pre_name(tokenizer) -> str:
     if "p{N}{1,3}" in text:
         return "llama-bpe"
     return "gpt2"
-
-
-def _read_json(path: Path, limit: int = 16 << 20) -> dict:
-    try:
-        if path.stat().st_size > limit:
-            raise LlmkitError(f"{path} is {path.stat().st_size:,} bytes: too large to be a settings file")
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LlmkitError(f"cannot read {path}: {str(e)[:200]}") from None
-    if not isinstance(value, dict):
-        raise LlmkitError(f"{path} is not a JSON object")
-    return value
-
-
-def from_byte_pair(tokenizer) -> HFTokenizer:
-    """llmkit's own byte-level BPE (`bpe`, `gpt2`: tiktoken tables) as an HF tokenizer with the
-    same ids, for files other tools read (tokenizer.json, GGUF)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-
-    from llmkit.data.bpe import byte_symbols, merges_of
-
-    symbols = byte_symbols()
-    spell = lambda token: "".join(symbols[b] for b in token)  # noqa: E731
-    names = {i: name for name, i in tokenizer.specials.items()}
-    vocab = {names[i] if t is None else spell(t): i for i, t in enumerate(tokenizer.tokens)}
-    hf = Tokenizer(models.BPE(vocab, [(spell(a), spell(b)) for a, b in merges_of(tokenizer)]))
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    hf.decoder = decoders.ByteLevel()
-    hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in tokenizer.specials])
-    eot = getattr(tokenizer, "eot_id", None)
-    return HFTokenizer(hf, eot, eot, None, None, tokenizer.vocab_size)

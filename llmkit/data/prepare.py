@@ -30,7 +30,7 @@ from llmkit.data.shards import ShardSet, ShardWriter, dtype_for, load_shards, ne
 from llmkit.data.sources import DATASETS, ensure_downloaded, file_sha256, get_dataset
 from llmkit.data.tokenizer import Tokenizer, make_tokenizer, save_tokenizer
 from llmkit.errors import LlmkitError
-from llmkit.files import DirectoryLock, clean_stale
+from llmkit.files import DirectoryLock, clean_stale, make_dir, os_error
 
 CHUNK_BYTES = 1 << 20
 # A safe place to cut text for GPT-2-style pre-tokenization: before a space that sits between two
@@ -291,15 +291,17 @@ def rebuild_command(shown: str, data: DataConfig, out: Path, whole: bool) -> str
 def spool_stdin(directory: Path) -> Path:
     """`llmkit tokenize -`: copy stdin to a file first (block by block), since the passes above
     read the text more than once."""
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "stdin.txt"
+    path = make_dir(directory) / "stdin.txt"
     binary = getattr(sys.stdin, "buffer", None)
-    with open(path, "wb") as out:
-        if binary is not None:
-            shutil.copyfileobj(binary, out, CHUNK_BYTES)
-        else:  # a text stream without bytes underneath (embedding, tests)
-            for block in iter(lambda: sys.stdin.read(CHUNK_BYTES), ""):
-                out.write(block.encode("utf-8"))
+    try:
+        with open(path, "wb") as out:
+            if binary is not None:
+                shutil.copyfileobj(binary, out, CHUNK_BYTES)
+            else:  # a text stream without bytes underneath (embedding, tests)
+                for block in iter(lambda: sys.stdin.read(CHUNK_BYTES), ""):
+                    out.write(block.encode("utf-8"))
+    except OSError as e:
+        raise os_error(e, path) from None
     return path
 
 

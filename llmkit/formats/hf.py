@@ -23,11 +23,11 @@ import torch
 
 from llmkit.config import ConfigError, ModelConfig
 from llmkit.errors import LlmkitError
+from llmkit.files import read_json
 from llmkit.formats.tables import GPT2_HF, LLAMA_HF, shape_of, shapes_of
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 HUB_PREFIX = "hf:"  # `hf:openai-community/gpt2`: a model on the Hugging Face hub
-MAX_JSON_BYTES = 16 << 20  # a config or tokenizer_config.json; tokenizer.json is read by `tokenizers`
 FAMILIES = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama"}
 REFUSED = {  # relatives with switches llmkit lacks, and what is missing
     "qwen2": "biases on the query, key and value projections only (llmkit's bias switch covers every linear layer)",
@@ -209,19 +209,6 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: ModelConfig) -
 # --- reading a directory -----------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        size = path.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise LlmkitError(f"{path} is {size:,} bytes: too large for a config file")
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise LlmkitError(f"cannot read {path}: {str(e)[:200]}") from None
-    if not isinstance(value, dict):
-        raise LlmkitError(f"{path} is not a JSON object")
-    return value
-
-
 def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The state dict of a directory's safetensors (one file, or the shards an index lists) or
     pytorch_model.bin (loaded without running code)."""
@@ -230,7 +217,7 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     path = next(directory / f for f in WEIGHT_FILES if (directory / f).is_file())
     try:
         if path.name.endswith(".index.json"):
-            shards = sorted(set(_read_json(path).get("weight_map", {}).values()))
+            shards = sorted(set(read_json(path).get("weight_map", {}).values()))
             if not shards or any("/" in s or s.startswith(".") for s in shards):
                 raise LlmkitError(f"{path} lists no shards (or shards outside {directory})")
             state = {}
@@ -252,7 +239,7 @@ def hf_tokenizer(directory: Path, config: dict | None = None):
     from llmkit.data.hf_tokenizer import HFTokenizer
 
     if (directory / "tokenizer.json").is_file():
-        return HFTokenizer.from_directory(directory, config or _read_json(directory / "config.json"))
+        return HFTokenizer.from_directory(directory, config or read_json(directory / "config.json"))
     return gpt2_tokenizer(directory, "vocab.json", "merges.txt")
 
 
@@ -261,7 +248,7 @@ def read_hf_directory(directory: Path, dtype: torch.dtype = torch.float32):
     tokenizer; no recipe or training data stands behind these weights."""
     from llmkit.checkpoint import Checkpoint
 
-    raw = _read_json(directory / "config.json")
+    raw = read_json(directory / "config.json")
     config = config_from_hf(raw, where=str(directory / "config.json"))
     tokenizer = hf_tokenizer(directory, raw)
     if tokenizer.vocab_size > config.vocab_size:
@@ -284,10 +271,10 @@ def save_hf_directory(model: torch.nn.Module, config: ModelConfig, tokenizer, di
 
     from llmkit.data.bpe import BytePairTokenizer, save_gpt2_files
     from llmkit.data.hf_tokenizer import HFTokenizer, from_byte_pair
-    from llmkit.files import atomic_open, atomic_write_text
+    from llmkit.files import atomic_open, atomic_write_text, make_dir
 
     state = table_for(config).to_theirs({k: v.detach().cpu() for k, v in model.state_dict().items()}, config)
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     atomic_write_text(directory / "config.json", json.dumps(hf_config_dict(config, tokenizer), indent=2) + "\n")
     with atomic_open(directory / "model.safetensors", "wb") as f:
         f.write(save(state, metadata={"format": "pt"}))  # the metadata transformers checks for

@@ -38,7 +38,7 @@ from llmkit.console import console, say
 from llmkit.data.tokenizer import save_tokenizer
 from llmkit.device import resolve_device
 from llmkit.errors import RUN_FAILED, LlmkitError
-from llmkit.files import DirectoryLock, atomic_write_text, clean_stale
+from llmkit.files import DirectoryLock, atomic_write_text, clean_stale, make_dir
 from llmkit.loading import LoadedModel, load_model
 from llmkit.models import build_model, count_parameters, describe
 from llmkit.models.transfer import choose_trainable, load_base
@@ -391,7 +391,7 @@ def _train_locked(recipe: Recipe, resume: bool, setup: Distributed, base: Loaded
         for name in (BEST, METRICS, LOSS_PLOT):
             (recipe.run_dir / name).unlink(missing_ok=True)
     if setup.is_main:
-        recipe.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dir(recipe.run_dir)
         atomic_write_text(recipe.run_dir / RECIPE, recipe_to_yaml(recipe))
         save_tokenizer(task.tokenizer, recipe.run_dir / TOKENIZER)
 
