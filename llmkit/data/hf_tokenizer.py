@@ -172,3 +172,22 @@ def _pre_name(tokenizer) -> str:
     if "p{N}{1,3}" in text:
         return "llama-bpe"
     return "gpt2"
+
+
+def from_byte_pair(tokenizer) -> HFTokenizer:
+    """llmkit's own byte-level BPE (`bpe`, `gpt2`: tiktoken tables) as an HF tokenizer with the
+    same ids, for files other tools read (tokenizer.json, GGUF)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from llmkit.data.bpe import byte_symbols, merges_of
+
+    symbols = byte_symbols()
+    spell = lambda token: "".join(symbols[b] for b in token)  # noqa: E731
+    names = {i: name for name, i in tokenizer.specials.items()}
+    vocab = {names[i] if t is None else spell(t): i for i, t in enumerate(tokenizer.tokens)}
+    hf = Tokenizer(models.BPE(vocab, [(spell(a), spell(b)) for a, b in merges_of(tokenizer)]))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in tokenizer.specials])
+    eot = getattr(tokenizer, "eot_id", None)
+    return HFTokenizer(hf, eot, eot, None, None, tokenizer.vocab_size)
