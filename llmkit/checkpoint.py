@@ -171,6 +171,9 @@ class Checkpoint:
             lora = config_from_dict(LoRAConfig, raw["lora"], where=f"{where} lora") if raw.get("lora") else None
             recipe = recipe_from_dict(raw["recipe"], where=f"{where} recipe") if raw.get("recipe") else None
             tokenizer = tokenizer_from_dict(raw["tokenizer"])
+            if raw.get("tokenizer_identity") not in (None, identity(tokenizer)):  # its hash, saved beside it
+                raise LlmkitError(f"{where} is damaged: its tokenizer does not match the identity saved with it",
+                                  hint="use the run's other checkpoint (--checkpoint latest or best), or train again")
             state = RunState(raw.get("step", 0), raw.get("best_val_loss", math.inf), raw.get("elapsed_s", 0.0))
             resume = {k: raw[k] for k in RESUME_KEYS if k in raw} or None
             return cls(config, raw["model"], tokenizer, recipe, raw.get("data") or {"tokens": None, "command": None},

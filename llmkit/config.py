@@ -148,7 +148,7 @@ class ModelConfig:
             problems.append(f"mlp_hidden: must be at least 1, got {self.mlp_hidden}")
         if self.norm_eps <= 0 or self.rope_base <= 0:
             problems.append("norm_eps and rope_base: must be positive")
-        at_most(problems, self, MODEL_LIMITS)
+        at_most(problems, self, {**MODEL_LIMITS, "norm_eps": 1.0, "rope_base": 1e9})
         _raise_if(problems)
 
     @property
@@ -164,7 +164,7 @@ class ModelConfig:
         return self.mlp_hidden or 4 * self.n_embd
 
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,8 @@ class TrainConfig:
                                  "log_interval": 1 << 40, "sample_tokens": 1 << 20})
         if self.seed < 0:
             problems.append(f"seed: must not be negative, got {self.seed}")
-        if not _DEVICE.match(self.device):
-            problems.append(f"device: expected auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        if not DEVICE.match(self.device):
+            problems.append(f"device: expected auto, cpu, cuda, cuda:N or mps, got {excerpt(self.device)}")
         if self.finetune != "all" and self.init_from is None:
             problems.append(f"finetune: {self.finetune} freezes pretrained weights, so it needs init_from "
                             "(a trained run to start from)")
@@ -270,8 +270,11 @@ class Recipe:
 
     def __post_init__(self) -> None:
         problems = []
-        if not self.name.strip() or self.name.strip(" ./") == "" or len(self.name) > 200:
-            problems.append(f"name: must name a run (runs/NAME), got {excerpt(self.name)}")
+        parts = Path(self.name).parts
+        if not self.name.strip() or self.name.strip(" ./") == "" or len(self.name) > 200 or ".." in parts \
+                or Path(self.name).is_absolute():
+            problems.append(f"name: must name a run inside runs/ (runs/NAME), got {excerpt(self.name)}; "
+                            "a run elsewhere takes out_dir=PATH")
         if self.out_dir is not None and not self.out_dir.strip():
             problems.append("out_dir: must be a directory, got ''")
         _raise_if(problems)
@@ -371,6 +374,8 @@ def _schema_paths(cls: type, prefix: str = "") -> list[str]:
 
 
 def _unknown_key(path: str, key: str, section: str, names: list[str]) -> str:
+    if len(path) > 80:
+        return f"unknown key {excerpt(path)}"
     message = f"unknown key '{path}'"
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:
@@ -467,11 +472,20 @@ class RecipeLoader(yaml.SafeLoader):
     aliases (`*name`: a few lines of them expand to gigabytes, the "billion laughs"), and a key
     given twice in one mapping (where YAML silently keeps the last)."""
 
+    MAX_DEPTH = 32  # a recipe has sections of keys; deeper is not a recipe (and would overflow the stack)
+
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
             raise yaml.constructor.ConstructorError(None, None, "recipes may not use YAML aliases (*name)", mark)
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > self.MAX_DEPTH:
+                raise yaml.constructor.ConstructorError(None, None, f"nested more than {self.MAX_DEPTH} levels deep",
+                                                        self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -492,7 +506,7 @@ def apply_override(raw: dict, override: str) -> None:
     """Set `a.b.c=value` in the nested dict `raw`; the value is parsed as YAML (numbers, true, null)."""
     key, sep, text = override.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError([f"override '{override}' must look like section.key=value"], "command line")
+        raise ConfigError([f"override {excerpt(override)} must look like section.key=value"], "command line")
     try:
         value = parse_yaml(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -537,6 +551,11 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     raw = read_yaml(path)
+    keys = [o.partition("=")[0] for o in overrides]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError([f"{excerpt(k)} is set twice on the command line (--device sets train.device)" for k in twice],
+                          "command line")
     for override in overrides:
         apply_override(raw, override)
     recipe = recipe_from_dict(raw, where=f"recipe {path}")

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import torch
 
+from llmkit.config import DEVICE
 from llmkit.errors import LlmkitError
 
 
 def resolve_device(name: str) -> torch.device:
+    if not isinstance(name, str) or not DEVICE.match(name):  # the same forms a recipe's train.device takes
+        raise LlmkitError(f"--device must be auto, cpu, cuda, cuda:N or mps, got {str(name)[:40]!r}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

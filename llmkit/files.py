@@ -193,7 +193,8 @@ class DirectoryLock:
     def __enter__(self) -> DirectoryLock:
         import fcntl
 
-        self._created = not self.directory.exists()  # removed again if nothing else lands in it
+        # What this lock creates (the directory and any missing parents) goes again if nothing else lands in it.
+        self._created = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
         path = make_dir(self.directory) / ".lock"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -218,4 +219,5 @@ class DirectoryLock:
             if self._created and [p.name for p in self.directory.iterdir()] == [".lock"]:
                 with contextlib.suppress(OSError):  # a run that failed before writing anything
                     (self.directory / ".lock").unlink()
-                    self.directory.rmdir()
+                    for directory in self._created:  # innermost first; rmdir refuses a non-empty one
+                        directory.rmdir()

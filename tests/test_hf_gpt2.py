@@ -177,3 +177,28 @@ def test_export_loads_in_from_pretrained_with_the_same_logits_and_tokens(workdir
 def test_export_refuses_models_gpt2_cannot_hold(debug_run, workdir, cli):
     refused = cli("export", debug_run, "--out", "exported")
     assert refused.code == 2 and "not GPT-2-shaped" in refused.err and "Traceback" not in refused.err
+
+
+def test_a_gpt2_shaped_run_exports_to_gguf(workdir, cli):
+    """llama.cpp's gpt2 architecture: the file reads back in llmkit and in transformers' GGUF
+    loader with the run's logits and ids."""
+    from llmkit.loading import load_model
+
+    # Context 1024: transformers' GGUF reader takes GPT-2's n_positions from its default (1024), not
+    # from gpt2.context_length, so another length would not load there (llmkit reads it back either way).
+    base = cli("train", "wikitext2_bpe", "model.bias=true", "model.n_layer=2", "model.n_embd=32",
+               "model.block_size=1024", "data.vocab_size=300", "train.max_steps=2", "train.eval_interval=2",
+               "train.eval_steps=1", "train.batch_size=2", "train.sample_tokens=0", "out_dir=runs/small", "--device", "cpu")
+    assert base.code == 0, base.err
+    written = cli("export", "runs/small", "--format", "gguf", "--out", "small.gguf", "--type", "f32")
+    assert written.code == 0, written.err
+    ours, back = load_model("runs/small"), load_model(workdir / "small.gguf")
+    assert back.config.positions == "learned" and back.config.bias and back.config.n_layer == 2
+    text = "The city of Paris , in 1889 , built a tower."
+    ids = torch.tensor([ours.tokenizer.encode(text).tolist()])
+    assert back.tokenizer.encode(text).tolist() == ids[0].tolist()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(workdir, gguf_file="small.gguf").eval()
+    with torch.no_grad():
+        expected = ours.model(ids)
+        torch.testing.assert_close(back.model(ids), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hf(ids).logits, expected, atol=1e-4, rtol=1e-4)

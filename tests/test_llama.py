@@ -39,10 +39,10 @@ def tiny_llama(directory, tie: bool = True, shards: bool = False, **overrides):
     torch.manual_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = tiny_tokenizer(directory)
-    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                      rms_norm_eps=1e-5, rope_theta=50000.0, tie_word_embeddings=tie,
-                                      bos_token_id=1, eos_token_id=2, **overrides)
+    sizes = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, **overrides}
+    config = transformers.LlamaConfig(vocab_size=vocab, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=50000.0,
+                                      tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, **sizes)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # norms start at 1: randomise them too, so a misplaced one shows
         for name, p in model.named_parameters():
@@ -264,3 +264,48 @@ def test_bad_gguf_files_are_refused(tmp_path, cli, llama_dir, monkeypatch):
     monkeypatch.undo()
     result = cli("generate", tmp_path / "q8_1.gguf", "-p", "hi")
     assert result.code == 2 and "Q8_1" in result.err and "Traceback" not in result.err, result.err
+
+
+# GGML block types and, for those the gguf library cannot quantize (the K-quants), where their
+# fp16 scale fields sit in a block: random blocks get small finite scales there.
+K_QUANTS = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+@pytest.mark.parametrize("kind", ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", *K_QUANTS])
+def test_every_tensor_type_dequantizes_as_transformers_does(kind, tmp_path, monkeypatch):
+    """A GGUF whose matrices are all stored as `kind`, read by llmkit (the gguf library's
+    dequantizer) and by transformers (its own): the same logits."""
+    from gguf.constants import GGML_QUANT_SIZES
+    from gguf.quants import quantize
+
+    from llmkit.formats import gguf as ours
+    from llmkit.loading import load_model
+
+    reference = tiny_llama(tmp_path / "m", hidden_size=256, intermediate_size=512)  # rows of 256: K-quant blocks
+    loaded = load_model(tmp_path / "m")
+    qtype = gguf.GGMLQuantizationType[kind]
+    rng = np.random.default_rng(0)
+
+    def add(writer, name, array, tensor_type):
+        if array.ndim != 2:
+            return writer.add_tensor(name, array.astype(np.float32))
+        if kind not in K_QUANTS:
+            return writer.add_tensor(name, quantize(array.astype(np.float32), qtype), raw_dtype=qtype)
+        block, size = GGML_QUANT_SIZES[qtype]
+        blocks = rng.integers(0, 0x30, (array.shape[0], array.shape[1] // block, size), dtype=np.uint8)
+        for offset in K_QUANTS[kind]:  # fp16 scales of about 0.001 .. 0.01
+            blocks[..., offset : offset + 2] = np.frombuffer(
+                rng.uniform(1e-3, 1e-2, blocks.shape[:2]).astype(np.float16).tobytes(), np.uint8).reshape(*blocks.shape[:2], 2)
+        writer.add_tensor(name, blocks.reshape(array.shape[0], -1), raw_dtype=qtype)
+
+    monkeypatch.setattr(ours, "_add_tensor", add)
+    path = ours.write_gguf(loaded.model, loaded.config, loaded.tokenizer, tmp_path / f"m.{kind}.gguf")
+    monkeypatch.undo()
+    mine = load_model(path)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=path.name).eval()
+    ids = ids_of(mine)[:, :32]
+    with torch.no_grad():
+        a, b = mine.model(ids), theirs(ids).logits
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    if kind in ("F32", "F16", "BF16", "Q8_0"):  # close to the unquantized model, too
+        assert (a - reference(ids).logits).abs().max() < 0.1 * reference(ids).logits.abs().max()

@@ -14,6 +14,7 @@ shell. Errors are one message and a hint, with a non-zero exit code.
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Annotated
@@ -67,14 +68,23 @@ def main() -> None:
         _fail(e.message, e.hint, e.exit_code)
     except BrokenPipeError:
         # The reader went away (`llmkit generate ... | head`): stop quietly, as other tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         sys.exit(141)
     except OSError as e:  # one the library did not name itself: say which file, never a traceback
         from llmkit.files import os_error
 
         error = os_error(e, e.filename, "use") if e.filename else os_error(e, "standard output", "write")
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush
+        _silence_stdout()  # nothing more to flush
         _fail(error.message, error.hint, 2)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's own flush at exit cannot fail again (a real file
+    descriptor only: embedded or captured, stdout has none, and nothing is left to flush)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _fail(message: str, hint: str | None, code: int) -> None:

@@ -31,7 +31,7 @@ def export(
     from llmkit.formats.export import export as write
     from llmkit.loading import load_model
 
-    check_format(format)  # before loading: a typo or an occupied --out fails at once
+    check_format(format, type)  # before loading: a typo or an occupied --out fails at once
     check_out(out, format, force)
     for path in write(load_model(run, checkpoint, merge=True), out, format, force, type):
         print(path)

@@ -227,7 +227,8 @@ def _check_shard_dir(out_dir: Path) -> None:
     """Shards go into a new directory or one that holds shards: never over someone's other files
     (a run directory's tokenizer.json, say)."""
     if out_dir.exists() and not out_dir.is_dir():
-        raise LlmkitError(f"--out {out_dir} is a file, not a directory")
+        raise LlmkitError(f"--out {out_dir} is a file, not a directory", hint="give --out a directory (new, or one "
+                          "llmkit tokenize wrote)")
     ours = re.compile(r"^(meta\.json|tokenizer\.json|\w+_\d{3}\.bin|\.lock|\.stdin|\..*\.tmp)$")
     others = sorted(p.name for p in out_dir.iterdir() if not ours.match(p.name)) if out_dir.is_dir() else []
     if others:
@@ -424,6 +425,9 @@ def _check_options(tokenizer: str | None = None, vocab_size: int | None = None, 
     if vocab_size is not None and (tokenizer or "char") != "bpe":
         raise LlmkitError(f"--vocab-size is for the bpe tokenizer; {tokenizer or 'char'} has a fixed vocabulary",
                           hint="add --tokenizer bpe, or drop --vocab-size")
+    if vocab_size is not None and vocab_size > 1 << 20:
+        raise LlmkitError(f"--vocab-size {vocab_size:,} is too large: at most {1 << 20:,} (no model uses more "
+                          "than a few hundred thousand tokens, and a BPE trainer holds them all in memory)")
     if vocab_size is not None and vocab_size < 258:
         raise LlmkitError(f"--vocab-size {vocab_size} is too small: a byte-level BPE needs at least 258 "
                           "(256 bytes, <|endoftext|>, one merge)")

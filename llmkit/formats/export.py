@@ -18,9 +18,16 @@ from llmkit.loading import LoadedModel
 FORMATS = ("hf", "gguf")
 
 
-def check_format(format: str) -> None:
+def check_format(format: str, tensor_type: str = "f16") -> None:
+    """--format and --type, before anything is loaded."""
+    from llmkit.formats.gguf import WRITE_TYPES
+
     if format not in FORMATS:
         raise LlmkitError(f"--format must be {' or '.join(FORMATS)}, got '{format}'")
+    if tensor_type not in WRITE_TYPES:
+        raise LlmkitError(f"--type must be one of {', '.join(WRITE_TYPES)}, got {tensor_type[:20]!r}")
+    if format == "hf" and tensor_type != "f16":
+        raise LlmkitError(f"--type {tensor_type} is for --format gguf: a Hugging Face directory holds the model's own dtype")
 
 
 def target(out: Path, format: str) -> Path:
@@ -35,7 +42,7 @@ def check_out(out: Path, format: str = "hf", force: bool = False) -> None:
     path = target(out, format)
     if format == "hf":
         if path.exists() and not path.is_dir():
-            raise LlmkitError(f"--out {path} is a file, not a directory")
+            raise LlmkitError(f"--out {path} is a file, not a directory", hint="hf writes a directory: give a new one")
         if path.is_dir() and any(path.iterdir()) and not force:
             raise LlmkitError(f"--out {path} is not empty: an export would replace the files there",
                               hint="give a new directory, or add --force to replace them")
@@ -49,7 +56,7 @@ def export(loaded: LoadedModel, out: Path, format: str = "hf", force: bool = Fal
     from llmkit.formats.gguf import write_gguf
     from llmkit.formats.hf import save_hf_directory
 
-    check_format(format)
+    check_format(format, tensor_type)
     check_out(out, format, force)
     if loaded.labels is not None:
         raise LlmkitError(f"{loaded.path} is a classifier; only language models export (to GPT2LMHeadModel, "

@@ -44,6 +44,17 @@ class Rule:
 class NameTable:
     family: str  # how messages name it: "Hugging Face GPT-2", "GGUF llama", ...
     rules: tuple[Rule, ...]
+    keys: tuple[tuple[str, str], ...] = ()  # (ModelConfig field, the format's name for it), for messages
+
+    def _disagreement(self, config: ModelConfig, sizes: set[int]) -> str:
+        """Which settings of the config a wrong size may come from: those equal to it."""
+        fields = {"n_layer": config.n_layer, "block_size": config.block_size, "n_embd": config.n_embd,
+                  "vocab_size": config.vocab_size, "hidden": config.hidden, "n_head": config.n_head,
+                  "n_kv_head": config.kv_heads}
+        named = dict(self.keys)
+        suspects = [named.get(f, f) for f, v in fields.items() if v in sizes]
+        return f"the config's {' or '.join(suspects)} disagrees with the weights" if suspects \
+            else "the config disagrees with the weights"
 
     def expand(self, config: ModelConfig) -> Iterator[tuple[Rule, list[str], list[str]]]:
         """Every (rule, our names, their names) for this config's blocks and switches."""
@@ -62,16 +73,21 @@ class NameTable:
         for rule, ours, names in self.expand(config):
             missing = [n for n in names if n not in theirs]
             if missing:
-                raise LlmkitError(f"the {self.family} weights have no tensor {missing[0]}",
+                layers = _blocks_in(theirs)
+                blocks = f": the config says {config.n_layer} blocks ({dict(self.keys).get('n_layer', 'n_layer')}), " \
+                    f"the weights hold {layers}" if layers and layers != config.n_layer else ""
+                raise LlmkitError(f"the {self.family} weights have no tensor {missing[0]}{blocks}",
                                   hint="the config disagrees with the weights (or they are incomplete)")
             used.update(names)
             parts = [_apply(t, theirs[n], config, inverse=True) for n, t in zip(names, _transforms(rule))]
             joined = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
             sizes = [shapes[n][0] for n in ours]
             if sum(sizes) != joined.shape[0] or any(tuple(joined.shape[1:]) != tuple(shapes[n][1:]) for n in ours):
+                expected = {d for n in ours for d in shapes[n]} - set(joined.shape)
                 raise LlmkitError(f"the {self.family} tensor{'s' if len(names) > 1 else ''} {', '.join(names)} "
                                   f"of shape {tuple(joined.shape)} do not fit {', '.join(ours)} "
-                                  f"({', '.join(str(tuple(shapes[n])) for n in ours)}): the config disagrees with the weights")
+                                  f"({', '.join(str(tuple(shapes[n])) for n in ours)}): "
+                                  f"{self._disagreement(config, expected or set(sizes))}")
             for name, part in zip(ours, torch.split(joined, sizes, dim=0)):
                 out[name] = part.contiguous()
         left = [n for n in theirs if n not in used and not n.endswith(IGNORED)
@@ -92,6 +108,15 @@ class NameTable:
             for name, transform, part in zip(theirs, _transforms(rule), parts):
                 out[name] = _apply(transform, part, config, inverse=False).contiguous()
         return out
+
+
+def _blocks_in(names) -> int:
+    """How many blocks a format's tensor names hold: the distinct numbers after h., layers. or blk."""
+    found = set()
+    for name in names:
+        parts = name.split(".")
+        found.update(int(b) for a, b in zip(parts, parts[1:]) if a in ("h", "layers", "blk") and b.isdigit())
+    return len(found)
 
 
 def _transforms(rule: Rule) -> tuple[str, ...]:
@@ -122,6 +147,15 @@ def _interleave(w: torch.Tensor, heads: int, back: bool) -> torch.Tensor:
 
 _T = ("t",)
 
+_GPT2_KEYS = (("n_layer", "n_layer"), ("block_size", "n_positions"), ("n_embd", "n_embd"), ("n_head", "n_head"),
+              ("vocab_size", "vocab_size"), ("hidden", "n_inner"))
+_LLAMA_KEYS = (("n_layer", "num_hidden_layers"), ("block_size", "max_position_embeddings"),
+               ("n_embd", "hidden_size"), ("n_head", "num_attention_heads"), ("n_kv_head", "num_key_value_heads"),
+               ("vocab_size", "vocab_size"), ("hidden", "intermediate_size"))
+_GGUF_KEYS = (("n_layer", "block_count"), ("block_size", "context_length"), ("n_embd", "embedding_length"),
+              ("n_head", "attention.head_count"), ("n_kv_head", "attention.head_count_kv"),
+              ("vocab_size", "vocab_size"), ("hidden", "feed_forward_length"))
+
 GPT2_HF = NameTable("Hugging Face GPT-2", (
     Rule(("embed.wte.weight",), ("transformer.wte.weight",)),
     Rule(("embed.wpe.weight",), ("transformer.wpe.weight",)),
@@ -140,7 +174,7 @@ GPT2_HF = NameTable("Hugging Face GPT-2", (
     Rule(("norm_f.weight",), ("transformer.ln_f.weight",)),
     Rule(("norm_f.bias",), ("transformer.ln_f.bias",)),
     Rule(("lm_head.weight",), ("lm_head.weight",), when="untied"),
-))
+), _GPT2_KEYS)
 
 _LAYER = "model.layers.{i}."
 LLAMA_HF = NameTable("Hugging Face Llama", (
@@ -159,7 +193,7 @@ LLAMA_HF = NameTable("Hugging Face Llama", (
     Rule(("blocks.{i}.mlp.proj.bias",), (_LAYER + "mlp.down_proj.bias",), when="bias"),
     Rule(("norm_f.weight",), ("model.norm.weight",)),
     Rule(("lm_head.weight",), ("lm_head.weight",), when="untied"),
-))
+), _LLAMA_KEYS)
 
 _BLK = "blk.{i}."
 LLAMA_GGUF = NameTable("GGUF llama", (
@@ -178,7 +212,7 @@ LLAMA_GGUF = NameTable("GGUF llama", (
     Rule(("blocks.{i}.mlp.proj.bias",), (_BLK + "ffn_down.bias",), when="bias"),
     Rule(("norm_f.weight",), ("output_norm.weight",)),
     Rule(("lm_head.weight",), ("output.weight",), when="untied"),
-))
+), _GGUF_KEYS)
 
 GPT2_GGUF = NameTable("GGUF gpt2", (
     Rule(("embed.wte.weight",), ("token_embd.weight",)),
@@ -198,7 +232,7 @@ GPT2_GGUF = NameTable("GGUF gpt2", (
     Rule(("norm_f.weight",), ("output_norm.weight",)),
     Rule(("norm_f.bias",), ("output_norm.bias",)),
     Rule(("lm_head.weight",), ("output.weight",), when="untied"),
-))
+), _GGUF_KEYS)
 
 
 def shape_of(config: ModelConfig) -> str:

@@ -61,6 +61,10 @@ class GenerationSettings:
             raise LlmkitError("max_new_tokens must be >= 0, num_samples and beam >= 1")
         if not math.isfinite(self.length_penalty) or abs(self.length_penalty) > 100:
             raise LlmkitError(f"--length-penalty must be a finite number from -100 to 100, got {self.length_penalty}")
+        s = self.sampling
+        if self.beam > 1 and (s.top_p is not None or s.min_p is not None or s.repetition_penalty != 1.0):
+            raise LlmkitError("beam search keeps the most likely continuations: --top-p, --min-p and "
+                              "--repetition-penalty do not apply to it", hint="drop them, or sample (--beam 1)")
         if max(self.max_new_tokens, self.num_samples, self.beam) > MAX_COUNT:
             raise LlmkitError(f"max_new_tokens, num_samples and beam must each be at most {MAX_COUNT:,}")
 

@@ -13,6 +13,8 @@ from llmkit.errors import LlmkitError
 from llmkit.layers.positions import RoPE, sinusoid_table
 from llmkit.plots.figures import new_figure, save_png
 
+PICTURE_LIMIT = 8192  # positions or channels: a heatmap wider than this is no longer a picture
+
 
 def _cosine(rows: torch.Tensor) -> torch.Tensor:
     """(T, C) -> (T, T) cosine similarity of every pair of rows."""
@@ -93,6 +95,10 @@ def draw_positions(loaded=None, kind: str | None = None, block_size: int | None 
                           hint="llmkit plot positions runs/shakespeare_char --kind learned")
     given = {"block_size": block_size, "n_embd": n_embd, "n_head": n_head}
     sizes.update({name: value for name, value in given.items() if value is not None})
+    if max(sizes["block_size"], sizes["n_embd"]) > PICTURE_LIMIT:
+        raise LlmkitError(f"a picture of {sizes['block_size']:,} positions x {sizes['n_embd']:,} channels is too "
+                          f"large to draw or read: at most {PICTURE_LIMIT:,} of each",
+                          hint="--block-size and --n-embd choose smaller sizes")
     if sizes["n_embd"] % sizes["n_head"] or (kind == "rope" and (sizes["n_embd"] // sizes["n_head"]) % 2):
         raise LlmkitError(f"--n-embd {sizes['n_embd']} must split into {sizes['n_head']} heads"
                           + (" of an even size (rope turns channel pairs)" if kind == "rope" else ""))

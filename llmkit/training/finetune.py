@@ -42,7 +42,8 @@ def finetune(task: str, base: str | None = None, mode: str = "all", overrides: l
     if base is not None:
         loaded = load_model(base, merge=True)  # a LoRA base counts with its adapters folded in
         mode_part = "" if mode == "all" else f"_{mode}"
-        first.append(f"name={task}_{loaded.run_dir.name}{mode_part}")  # the user's name= or out_dir= still win
+        if not any(o.startswith(("name=", "out_dir=")) for o in overrides):  # the user's own name wins
+            first.append(f"name={task}_{loaded.run_dir.name}{mode_part}")
         extra.append(f"train.init_from={loaded.path}")
     recipe = load_recipe(find_recipe(task), [*first, *overrides, *extra, f"train.finetune={mode}"])
     if loaded is not None:  # the base's model, with the task's classes (if any) on top

@@ -60,8 +60,10 @@ def parameters_of(config: ModelConfig) -> int:
 
 def check_fits(recipe: Recipe, device: torch.device) -> None:
     """Refuse a model whose weights, gradients and AdamW moments (16 bytes a parameter; 4 for a
-    frozen one) cannot fit this device's free memory, before anything is built."""
-    params = parameters_of(recipe.model)
+    frozen one) cannot fit this device's free memory, before anything is built. Before the data
+    is ready the vocabulary may be unknown: counted as one token, the rest must fit already."""
+    model = recipe.model if recipe.model.vocab_size else dataclasses.replace(recipe.model, vocab_size=1)
+    params = parameters_of(model)
     needed = params * (16 if recipe.train.finetune == "all" else 4)
     available = device_memory(device)
     if available is not None and needed > available:
@@ -309,6 +311,7 @@ def dry_run(recipe: Recipe) -> int:
     from llmkit.tasks import make_task
 
     device = resolve_device(recipe.train.device)
+    check_fits(recipe, device)  # before the data: a size typo should not wait for a download
     if recipe.model.vocab_size is None:
         # A finetuning recipe's tokenizer is its base's (read without building the base).
         tokenizer = read_checkpoint(recipe.train.init_from).tokenizer if recipe.train.init_from else None

@@ -357,6 +357,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, base: L
 def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed, base: LoadedModel | None) -> Path:
     device = device_for(setup, resolve_device(recipe.train.device))
     _check_run_dir(recipe, resume, overwrite)
+    check_fits(recipe, device)  # before the data: a size typo should not wait for a download
     # One process writes a run at a time (rank 0 under torchrun); kill -9 debris goes first.
     with DirectoryLock(recipe.run_dir, "run") if setup.is_main else contextlib.nullcontext():
         if setup.is_main:
