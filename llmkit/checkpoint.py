@@ -93,9 +93,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise LlmkitError(f"{path} is not a readable checkpoint: it holds Python objects other than "
                           "tensors and plain data, which llmkit does not load (loading them could run code)",
                           hint="llmkit checkpoints hold only tensors and plain data; retrain or re-export it") from None
-    except (RuntimeError, EOFError, ValueError, OSError, MemoryError) as e:
+    except Exception as e:  # torch.load fails in many ways on a file that is not a checkpoint
         first_line = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise LlmkitError(f"{path} is not a readable checkpoint: {first_line}",
+        raise LlmkitError(f"{path} is not a readable checkpoint (torch.load: {type(e).__name__}: {first_line})",
                           hint="it is truncated or damaged: use the run's other checkpoint (--checkpoint latest "
                           "or best), or train again") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

@@ -146,8 +146,9 @@ class ModelConfig:
             problems.append(f"vocab_size: must be at least 1, got {self.vocab_size}")
         if self.mlp_hidden is not None and self.mlp_hidden < 1:
             problems.append(f"mlp_hidden: must be at least 1, got {self.mlp_hidden}")
-        if self.norm_eps <= 0 or self.rope_base <= 0:
-            problems.append("norm_eps and rope_base: must be positive")
+        for name in ("norm_eps", "rope_base"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be positive, got {getattr(self, name)}")
         at_most(problems, self, {**MODEL_LIMITS, "norm_eps": 1.0, "rope_base": 1e9})
         _raise_if(problems)
 

@@ -128,7 +128,7 @@ def cases(root: Path, made: dict) -> list[Case]:
     # 2. numbers out of range or not finite
     for key in ("train.lr=nan", "train.lr=inf", "train.lr=-0.1", "train.lr=1e9", "train.seed=-3",
                 "train.seed=123456789012345678901234567890", "model.n_layer=100000000", "model.n_layer=1e22",
-                "model.n_embd=0", "model.n_head=3", "model.dropout=1", "model.dropout=nan", "train.batch_size=0",
+                "model.n_embd=0", "model.dropout=1", "model.dropout=nan", "train.batch_size=0",
                 "train.max_steps=-1", "train.warmup_steps=nan", "train.grad_clip=inf", "train.weight_decay=-1",
                 "data.val_fraction=0", "data.val_fraction=nan", "model.block_size=99999999",
                 "train.micro_batch_size=5", "train.beta1=1", "model.norm_eps=0", "model.rope_base=-1",
@@ -239,8 +239,9 @@ def outcome(case: Case, root: Path) -> str | None:
         return "traceback: " + err.strip().splitlines()[-1][:160]
     if proc.returncode != case.code:
         return f"exit {proc.returncode}, expected {case.code}: {err.strip()[:160]}"
-    if case.code == 2 and not err.startswith("error:") and "Usage:" not in err:
-        return f"no one-line message: {err.strip()[:160]}"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    if case.code == 2 and len(errors) != 1 and "Usage:" not in err:
+        return f"not one error line ({len(errors)}): {err.strip()[-160:]}"
     if len(err) > 4000:
         return f"a message of {len(err):,} characters"
     missing = [w for w in case.words if w not in err]

@@ -379,6 +379,7 @@ def ensure_tokens(data: DataConfig, out: str | Path | None = None, force: bool =
     out = Path(out) if out is not None else token_dir(data.root, name, data.tokenizer)
     if not force and _is_current(out, data, whole, sha256):
         return load_shards(out)
+    _check_shard_dir(out)  # before announcing any work
     how = (f"last {data.val_fraction:.0%} of the text for validation" if whole
            else "splits " + ", ".join(f"{s} <- {sp.path.name}" for s, sp in splits.items()))
     say(f"tokenizing {shown} -> {out} ({data.tokenizer} tokenizer, {how})")
