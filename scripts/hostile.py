@@ -108,7 +108,7 @@ def no_debris(directory: Path):
 
 
 def cases(root: Path, made: dict) -> list[Case]:
-    run, shards, bpe, text = made["run"], made["shards"], made["bpe"], made["text"]
+    run, bpe, text = made["run"], made["bpe"], made["text"]
     under_file, long_name = "a_file/x", "x" * 300
     out = []
     # 1. outputs that cannot be written, for every command that writes

@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+
 from conftest import REPO
 
 CLI = REPO / "llmkit" / "cli"

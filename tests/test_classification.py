@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import REPO
 
 from llmkit.tasks.classification import balanced_splits, metrics, read_spam
+
+from conftest import REPO
 
 
 @pytest.fixture(scope="module")

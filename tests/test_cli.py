@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from conftest import RECIPES, help_without_torch, run_subprocess
 
 

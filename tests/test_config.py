@@ -7,8 +7,16 @@ import dataclasses
 import pytest
 import yaml
 
-from llmkit.config import (ConfigError, ModelConfig, Recipe, apply_override, find_recipe, load_recipe,
-                           recipe_from_dict, recipe_to_yaml)
+from llmkit.config import (
+    ConfigError,
+    ModelConfig,
+    Recipe,
+    apply_override,
+    find_recipe,
+    load_recipe,
+    recipe_from_dict,
+    recipe_to_yaml,
+)
 from llmkit.errors import LlmkitError
 
 from conftest import RECIPES

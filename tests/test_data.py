@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from llmkit.config import DataConfig
-from llmkit.errors import LlmkitError
 from llmkit.data.prepare import ensure_tokens, tokenize_file
 from llmkit.data.shards import HEADER_BYTES, TokenStream, load_shards, write_shard
 from llmkit.data.sources import MIRROR_ENV, download, file_sha256
 from llmkit.data.tokenizer import CharTokenizer, identity, load_tokenizer, save_tokenizer
+from llmkit.errors import LlmkitError
 
 SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 

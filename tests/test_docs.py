@@ -7,6 +7,7 @@ import re
 import shlex
 
 import pytest
+
 from conftest import REPO
 
 PAGES = sorted((REPO / "docs").glob("*.md")) + sorted((REPO / "docs" / "learn").glob("*.md")) + [REPO / "README.md"]

@@ -14,10 +14,10 @@ import torch
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import ModelConfig, load_recipe
-from llmkit.layers.cross_entropy import cross_entropy
 from llmkit.errors import RUN_FAILED
-from llmkit.training.metrics import MetricsLog
+from llmkit.layers.cross_entropy import cross_entropy
 from llmkit.models import build_model
+from llmkit.training.metrics import MetricsLog
 from llmkit.training.trainer import train
 
 from conftest import RECIPES

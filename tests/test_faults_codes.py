@@ -11,9 +11,10 @@ import json
 
 import pytest
 import torch
-from conftest import RECIPES
 
 from llmkit.errors import BAD_INPUT, RUN_FAILED
+
+from conftest import RECIPES
 
 
 def refused(result, *words):

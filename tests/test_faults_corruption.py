@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES
 
 from llmkit.data.shards import HEADER_BYTES
+
+from conftest import RECIPES
 
 SMALL = ("train.sample_tokens=0", "train.max_steps=5", "train.eval_interval=5", "train.eval_steps=2",
          "--device", "cpu")

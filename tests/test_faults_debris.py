@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES
 
 from llmkit.checkpoint import load_checkpoint
+
+from conftest import RECIPES
 
 SMALL = ("train.sample_tokens=0", "train.eval_steps=1", "--device", "cpu")
 

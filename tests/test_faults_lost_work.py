@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RECIPES
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.training.metrics import MetricsLog
+
+from conftest import RECIPES
 
 SMALL = ("train.sample_tokens=0", "train.eval_steps=2", "--device", "cpu")
 

@@ -15,6 +15,7 @@ import time
 import typing
 
 import pytest
+
 from conftest import RECIPES, Result
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import RECIPES, REPO, run_subprocess
 
 LONG = "a" * 300  # past NAME_MAX (255) on every common file system

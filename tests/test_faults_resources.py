@@ -16,10 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, run_subprocess
 
 from llmkit.errors import LlmkitError
 from llmkit.tasks.scoring import Judge
+
+from conftest import RECIPES, run_subprocess
 
 SHORT = 2000  # characters: an error message longer than this buries its point
 

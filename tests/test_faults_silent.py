@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES
 
 from llmkit.errors import LlmkitError
 from llmkit.tasks.scoring import parse_score
+
+from conftest import RECIPES
 
 
 def refused(result, *words):

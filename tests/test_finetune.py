@@ -9,16 +9,17 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import LoRAConfig, ModelConfig
-from llmkit.layers.cross_entropy import IGNORE
 from llmkit.errors import LlmkitError
+from llmkit.layers.cross_entropy import IGNORE
 from llmkit.layers.lora import LoRALinear, add_lora, has_lora, merge_lora
 from llmkit.models import build_model, count_parameters
-from llmkit.tasks.scoring import Judge, exact_match, rouge_l, score_responses
 from llmkit.tasks.instruct import collate, format_prompt, read_entries, split_entries
+from llmkit.tasks.scoring import Judge, exact_match, rouge_l, score_responses
+
+from conftest import REPO
 
 # --- LoRA -------------------------------------------------------------------------------------
 

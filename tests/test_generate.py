@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.data.tokenizer import CharTokenizer
 from llmkit.inference.beam import beam_search
 from llmkit.inference.decoding import generate_batch
 from llmkit.inference.sampling import Sampling, filter_logits, next_token, penalize_repeats
 from llmkit.inference.stream import StreamDecoder
 from llmkit.layers.kv_cache import KVCache
 from llmkit.models import build_model
-from llmkit.data.tokenizer import CharTokenizer
 
 SWITCHES = [{}, {"positions": "rope"}, {"n_kv_head": 2}, {"positions": "rope", "n_kv_head": 1},
             {"positions": "sinusoidal", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}]

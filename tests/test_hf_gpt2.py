@@ -10,8 +10,8 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
-from llmkit.inference.decoding import generate
 from llmkit.formats.hf import config_from_hf, from_hf_state_dict, hf_config_dict, to_hf_state_dict
+from llmkit.inference.decoding import generate
 from llmkit.models import build_model
 
 transformers = pytest.importorskip("transformers")
@@ -101,8 +101,8 @@ def test_an_hf_directory_loads_with_transformers_logits(hf_dir, tmp_path, mirror
     import shutil
 
     from llmkit.data.bpe import gpt2_tokenizer
-    from llmkit.loading import load_model
     from llmkit.data.tokenizer import identity
+    from llmkit.loading import load_model
 
     hf, directory = hf_dir
     assert (directory / "model.safetensors").is_file()

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llmkit.config import DECODERS, ModelConfig, TrainConfig, load_recipe
-from llmkit.models import build_model, count_parameters
 from llmkit.layers.attention import Attention
 from llmkit.layers.positions import RoPE, sinusoid_table
+from llmkit.models import build_model, count_parameters
 from llmkit.training.schedule import learning_rate
 
 from conftest import RECIPES

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, help_without_torch
 
 from llmkit.plots.attention import attention_panel_inches, mask_examples
 from llmkit.plots.figures import DPI
 from llmkit.plots.positions import position_pictures
+
+from conftest import RECIPES, help_without_torch
 
 PROMPT = "ROMEO:\nBut soft"
 
@@ -86,8 +87,8 @@ def test_masks_and_embeddings(runs, cli, workdir):
 
 def test_attention_weights_are_causal_rows_and_sdpa_comes_back(runs):
     from llmkit.layers.attention import Attention
-    from llmkit.plots.attention import attention_weights
     from llmkit.loading import load_model
+    from llmkit.plots.attention import attention_weights
 
     model = load_model(runs["gpt"]).model
     weights = attention_weights(model, torch.arange(10))

@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
+from llmkit.config import DataConfig
 from llmkit.data.batches import (
     EpochSampler,
     epoch_batch,
     sequential_batches,
     sliding_windows,
 )
-from llmkit.config import DataConfig
-from llmkit.errors import LlmkitError
 from llmkit.data.prepare import ensure_tokens, tokenize_file
 from llmkit.data.shards import TokenStream, load_shards
 from llmkit.data.sources import DATASETS, DOCUMENT_SEPARATOR, MIRROR_ENV, download
+from llmkit.errors import LlmkitError
 
 SPAM = DATASETS["spam"].files[0]
 

@@ -10,10 +10,10 @@ import torch
 
 from llmkit.config import ConfigError, load_recipe, recipe_from_dict
 from llmkit.inference.beam import beam_search
+from llmkit.models import build_model
 from llmkit.tasks.masked_lm import IGNORE, mask_tokens
 from llmkit.tasks.numbers import HELD_OUT, NumbersToWords, held_out, number_words
 from llmkit.training.trainer import train
-from llmkit.models import build_model
 
 from conftest import RECIPES
 
