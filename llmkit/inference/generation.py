@@ -88,6 +88,43 @@ class Completion:
                 "stop_reason": self.stop_reason}
 
 
+class RowText:
+    """One row's new ids becoming its Completion: the text (through a StreamDecoder, which holds
+    back partial characters and watches for stop strings), the token count and the stop reason.
+    Generation uses one per row; so does the server's batcher (llmkit/serving/batcher.py), which
+    is why a prompt ends the same way in both."""
+
+    def __init__(self, completion: Completion, tokenizer: Tokenizer, stops: tuple[str, ...], end_id: int | None):
+        self.completion, self.end_id = completion, end_id
+        self.decoder = StreamDecoder(tokenizer, stops)
+
+    @property
+    def done(self) -> bool:
+        return self.completion.stop_reason is not None
+
+    def push(self, token: int) -> str:
+        """Take the row's next id; returns the text it completes (often '', sometimes several
+        characters) and sets the stop reason when the row ends (eos or a stop string)."""
+        row = self.completion
+        if token == self.end_id:
+            row.stop_reason = "eos"
+            return ""
+        row.tokens += 1
+        piece = self.decoder.push(token)
+        row.text += piece
+        if self.decoder.stopped:
+            row.stop_reason = "stop"
+        return piece
+
+    def finish(self, reason: str) -> str:
+        """End the row (with `reason` unless it has one already); returns the text held back:
+        the part of a stop string that never came, or an unfinished character."""
+        rest = self.decoder.flush()
+        self.completion.text += rest
+        self.completion.stop_reason = self.completion.stop_reason or reason
+        return rest
+
+
 class Generation:
     """One batch of prompts being continued. Iterate over it for the pieces of text as they are
     made; `completions` holds every row (final once the iteration ends). `seed` makes sampling
@@ -126,38 +163,27 @@ class Generation:
                               pad, s.cache, s.context)
 
     def __iter__(self) -> Iterator[Piece]:
-        rows = self.completions
-        decoders = [StreamDecoder(self.tokenizer, self.settings.stops) for _ in rows]
+        rows = [RowText(c, self.tokenizer, self.settings.stops, self.end_id) for c in self.completions]
         try:
             for column in self._columns():
                 for i, token in enumerate(column.tolist()):
-                    row = rows[i]
-                    if row.stop_reason is not None:
+                    if rows[i].done:
                         continue
                     if token == CONTEXT_FULL:
-                        row.stop_reason = "context"
+                        rows[i].completion.stop_reason = "context"
                         self.context_full = f"reached the context length ({self.model.config.block_size} tokens)"
                         continue
-                    if token == self.end_id:
-                        row.stop_reason = "eos"
-                        continue
-                    row.tokens += 1
-                    piece = decoders[i].push(token)
-                    row.text += piece
-                    if decoders[i].stopped:
-                        row.stop_reason = "stop"
+                    piece = rows[i].push(token)
                     if piece:
                         yield Piece(i, piece)
-                if all(r.stop_reason is not None for r in rows):
+                if all(r.done for r in rows):
                     break
         except ContextFull as e:
             self.context_full = str(e)
             for row in rows:
-                row.stop_reason = row.stop_reason or "context"
-        for i, (row, decoder) in enumerate(zip(rows, decoders)):
-            rest = decoder.flush()  # a held-back tail: part of a stop string that never came
-            row.text += rest
-            row.stop_reason = row.stop_reason or "length"
+                row.completion.stop_reason = row.completion.stop_reason or "context"
+        for i, row in enumerate(rows):
+            rest = row.finish("length")
             if rest:
                 yield Piece(i, rest)
 

@@ -15,6 +15,12 @@ same way alone or in a batch.
     cache = KVCache.for_model(model, batch=B, max_len=T, pad=pad)
     logits = model(ids, cache=cache)          # the prompts: fills positions 0 .. T0 - 1
     logits = model(next_ids, cache=cache)     # one new column per step
+
+A server decodes many requests as one batch whose rows come and go between steps
+(llmkit/serving/batcher.py). `KVCache.gather` makes the new batch's cache from the old ones: the
+rows that stay, and the rows of caches that join, right-aligned so that every row's newest column
+is the last one. A shorter row gets more left padding, which is exactly the layout above, so its
+next token is the one it would get alone.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class KVCache:
         self.layers = [LayerCache(self, torch.empty(shape, dtype=dtype, device=device),
                                   torch.empty(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
         self.max_len, self.length, self.position_limit = max_len, 0, positions or max_len
+        self.batch = batch
         self.pad = pad if pad is not None and bool(pad.any()) else None  # (B,) padding columns per row
         self.new_positions = torch.zeros(0, dtype=torch.long, device=device)
         self.key_mask: torch.Tensor | None = None
@@ -84,3 +91,43 @@ class KVCache:
     def end(self, new: int) -> None:
         """Called by the model after the forward pass: the new columns are now cached."""
         self.length += new
+
+    def padding(self) -> torch.Tensor:
+        """(B,) padding columns per row (zeros when there is none)."""
+        if self.pad is not None:
+            return self.pad
+        return torch.zeros(self.batch, dtype=torch.long, device=self.new_positions.device)
+
+    @classmethod
+    def gather(cls, parts: list[tuple[KVCache, torch.Tensor]], room: int) -> KVCache:
+        """A new cache holding, in order, the rows `rows` (B_i,) of each (cache, rows) part, each
+        right-aligned to the longest, with `room` more columns free to decode into. Columns that
+        are padding in every kept row are dropped, so the cache is only as long as its longest
+        real row. New padding is zeros (masked out; never garbage, whose NaN could survive the
+        mask as NaN * 0)."""
+        pads = [cache.padding()[rows] + 0 for cache, rows in parts]
+        lengths = [cache.length for cache, _ in parts]
+        # Right-align: row b of part i starts at column (L - length_i) + pad_b; drop the common left padding.
+        longest = max(lengths)
+        starts = torch.cat([pad + (longest - length) for pad, length in zip(pads, lengths)])
+        drop = int(starts.min())
+        length = longest - drop
+        first, _ = parts[0]
+        keys0 = first.layers[0].keys
+        n_kv, head_dim = keys0.shape[1], keys0.shape[3]
+        batch = int(sum(len(rows) for _, rows in parts))
+        new = cls(len(first.layers), batch, n_kv, head_dim, length + room, keys0.dtype, keys0.device,
+                  starts - drop, first.position_limit)
+        for layer, new_layer in enumerate(new.layers):
+            row = 0
+            for (cache, rows), old_length in zip(parts, lengths):
+                # Part i's columns [0, old_length) land at [longest - old_length - drop, length).
+                src = max(0, drop - (longest - old_length))  # its leading columns that every row pads
+                at = longest - old_length - drop + src
+                for name in ("keys", "values"):
+                    target = getattr(new_layer, name)
+                    target[row : row + len(rows), :, :at].zero_()
+                    target[row : row + len(rows), :, at:length] = getattr(cache.layers[layer], name)[rows, :, src:old_length]
+                row += len(rows)
+        new.length = length
+        return new
