@@ -39,9 +39,10 @@ def tiny_llama(directory, tie: bool = True, shards: bool = False, **overrides):
     torch.manual_seed(0)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = tiny_tokenizer(directory)
-    sizes = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, **overrides}
+    sizes = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3, "max_position_embeddings": 128,
+             **overrides}
     config = transformers.LlamaConfig(vocab_size=vocab, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=50000.0,
+                                      rms_norm_eps=1e-5, rope_theta=50000.0,
                                       tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, **sizes)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # norms start at 1: randomise them too, so a misplaced one shows

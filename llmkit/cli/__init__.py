@@ -3,7 +3,7 @@ parses its options, calls the library, and prints.
 
     data.py      download, tokenize          train.py     train
     evaluate.py  eval                        generate.py  generate
-    chat.py      chat
+    chat.py      chat                        serve.py     serve
     finetune.py  finetune, classify          export.py    export
     plot.py      plot loss|lr|attention|positions|masks|embeddings
 
@@ -22,7 +22,7 @@ from typing import Annotated
 import typer
 
 from llmkit import __version__
-from llmkit.cli import chat, data, evaluate, export, finetune, generate, plot, train
+from llmkit.cli import chat, data, evaluate, export, finetune, generate, plot, serve, train
 from llmkit.errors import LlmkitError
 
 app = typer.Typer(
@@ -52,7 +52,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 # In the order `llmkit --help` lists them.
 for command in (data.download, data.tokenize, train.train, evaluate.eval_, generate.generate, chat.chat,
-                finetune.finetune, finetune.classify):
+                serve.serve, finetune.finetune, finetune.classify):
     app.command(command.__name__.rstrip("_"))(command)
 app.add_typer(plot.app, name="plot")
 app.command()(export.export)

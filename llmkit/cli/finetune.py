@@ -27,8 +27,10 @@ def finetune(
     overwrite: Overwrite = False,
     judge_url: JudgeUrl = None,
     judge_model: JudgeModel = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Finetune for a task, then measure it on the test split; prints the run directory.
+    """Finetune for a task, then measure it on the test split; prints the run directory (with
+    --json: the test report as one JSON line, the run directory in it as "run").
 
     spam: a classifier on the SMS Spam Collection, balanced and split as LLMs-from-scratch does
     (recipes/spam.yaml). instruct: instruction following on 1,100 entries in the Alpaca format
@@ -43,7 +45,7 @@ def finetune(
     run, report = run_finetune(task, base, mode, overrides or [], device, overwrite, judge)
     for line in report.summary():
         say(line)
-    print(run)
+    print(json.dumps({"run": str(run), **report}) if as_json else run)
 
 
 def classify(

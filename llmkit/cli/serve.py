@@ -1,0 +1,70 @@
+"""`llmkit serve MODEL`: the model behind an OpenAI-compatible HTTP API (llmkit/serving/)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from llmkit.cli.options import Checkpoint, Dtype, Model, RunDevice
+from llmkit.errors import LlmkitError
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    model: Model,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 lets other machines in.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free one).")] = 8000,
+    name: Annotated[Optional[str], typer.Option(
+        help="The model's name in the API (default: MODEL's last path part).", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        help="Require 'Authorization: Bearer KEY' (default: $LLMKIT_API_KEY; none: anyone who can connect).",
+        show_default=False)] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=4096, help="Rows decoded together (a request takes n).")] = 16,
+    max_queue: Annotated[int, typer.Option(min=0, max=1_000_000, help="Requests waiting for room; more get 429.")] = 64,
+    max_prompt_tokens: Annotated[int, typer.Option(min=1, help="Longest prompt taken, in tokens.")] = 2048,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens per choice (and the default).")] = 1024,
+    max_body: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1 << 20,
+    shutdown_timeout: Annotated[float, typer.Option(
+        min=0, max=3600, help="On SIGTERM or Ctrl-C, seconds running requests get to finish.")] = 10.0,
+    dtype: Dtype = "fp32",
+    device: RunDevice = "auto",
+    checkpoint: Checkpoint = "best",
+) -> None:
+    """Serve a model over the OpenAI HTTP API, batching concurrent requests.
+
+    Prints the API's base URL on stdout once it listens; SIGTERM or Ctrl-C stops it.
+    Examples: llmkit serve smollm2
+              curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+                -d '{"model": "smollm2", "messages": [{"role": "user", "content": "Hi!"}]}'
+    """
+    from llmkit.console import say
+    from llmkit.device import resolve_device
+    from llmkit.loading import load_model
+    from llmkit.serving.app import Limits, Server, run
+    from llmkit.serving.batcher import Batcher
+
+    limits = Limits(max_prompt_tokens, max_tokens, max_body, shutdown_timeout)
+    api_key = api_key if api_key is not None else os.environ.get("LLMKIT_API_KEY") or None
+    if api_key is not None and (not api_key.isprintable() or " " in api_key or len(api_key) > 1000):
+        raise LlmkitError("--api-key must be printable, without spaces, at most 1000 characters")
+    loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype)
+    loaded.require("generates", model)
+    if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
+        raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")
+    served = name or os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
+    if not served or len(served) > 200:
+        raise LlmkitError("--name must be 1 to 200 characters")
+    server = Server(loaded, served, Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue), limits, api_key)
+
+    def announce(url: str) -> None:
+        if host not in LOOPBACK and api_key is None:
+            say(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
+        say(f"serving '{served}' at {url} (max batch {max_batch}); Ctrl-C stops")
+        print(url, flush=True)
+
+    run(server, host, port, announce)
+    sys.stdout.flush()

@@ -1,0 +1,376 @@
+"""Continuous batching: the requests of many clients decoded together, as one batch of the model.
+
+Decoding one sequence reads every weight of the model for each token (llmkit/inference/layout.py);
+decoding eight reads them once for all eight, so on the same machine a batch makes nearly eight
+times the tokens per second for a little more time per step. A server wins that only if it puts
+concurrent requests in the same batch, and it cannot wait for them all to start or all to end:
+
+    step    1   2   3   4   5   6   7   8
+    A       a   a   a   a   -                 A ends at step 4 (its row leaves the batch)
+    B           B*  b   b   b   b   b   -     B joins at step 2: its prompt is run (*) alone,
+    C                       C*  c   c   c     then its row joins the others' KV cache
+
+Each step, one thread (this module's `Batcher`) admits waiting requests while the batch has
+rows free (`max_batch`), runs each new prompt once to fill its own KV cache and choose its first
+token, and joins that cache to the batch's (`KVCache.gather`: rows right-aligned, shorter ones
+left-padded and masked). Then one forward pass over the batch's last tokens gives every row its
+next token. Requests whose rows have all ended (end-of-text, a stop string, max_tokens, the
+context, or a client that went away) leave between steps.
+
+Each request keeps its own sampling settings and its own random generator, seeded by its seed, and
+its `n` rows stay together until the last of them ends; so a request draws exactly the tokens
+`llmkit generate` draws for the same prompt, seed and settings, whoever else is in the batch.
+
+The batcher knows nothing of HTTP: it takes `Request`s and reports `Text`, `Finished`, `Done` and
+`Failed` events through the callback given with each (llmkit/serving/app.py turns them into the
+OpenAI API's chunks).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from llmkit.data.tokenizer import Tokenizer
+from llmkit.errors import LlmkitError
+from llmkit.inference.decoding import caches
+from llmkit.inference.generation import Completion, RowText
+from llmkit.inference.layout import prefer_layout
+from llmkit.inference.sampling import Sampling, next_token
+from llmkit.layers.kv_cache import KVCache
+
+GROW = 64  # the batch's KV cache grows by at least this many columns at a time
+
+
+@dataclass(frozen=True)
+class Request:
+    ids: tuple[int, ...]  # the prompt's token ids
+    max_tokens: int  # at most this many new ids per row
+    sampling: Sampling = field(default_factory=lambda: Sampling(temperature=1.0, top_k=None))
+    stops: tuple[str, ...] = ()
+    n: int = 1  # rows (choices) for this prompt
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Text:
+    choice: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    choice: int
+    reason: str  # a stop reason of llmkit/inference/generation.py: eos, stop, length
+    tokens: int  # ids generated for this choice, not counting an end-of-text id
+
+
+@dataclass(frozen=True)
+class Done:
+    prompt_tokens: int
+    completion_tokens: int  # over all choices
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+    shutdown: bool = False  # the server stopping, not a fault (the API says 503, not 500)
+
+
+Event = Text | Finished | Done | Failed
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the batcher's `max_queue`."""
+
+
+class Closed(Exception):
+    """The batcher is stopping and takes no new requests."""
+
+
+class Job:
+    """A submitted request: `cancel()` takes it out of the queue or the batch (its client went away)."""
+
+    def __init__(self, batcher: Batcher, request: Request, send: Callable[[Event], None]):
+        self.batcher, self.request, self.send = batcher, request, send
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.batcher._cancel(self)
+
+
+class _Running:
+    """A job in the batch: its rows' text, its generator, its ids so far (n, t), and how many
+    tokens each row may still take."""
+
+    def __init__(self, job: Job, rows: list[RowText], generator: torch.Generator, history: torch.Tensor, left: int):
+        self.job, self.rows, self.generator, self.history, self.left = job, rows, generator, history, left
+
+    @property
+    def over(self) -> bool:
+        return self.job.cancelled or all(r.done for r in self.rows)
+
+
+class Batcher:
+    """Decodes submitted requests on a thread of its own, `max_batch` rows at a time, with up to
+    `max_queue` requests waiting for room."""
+
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 64):
+        if not 1 <= max_batch <= 4096 or not 0 <= max_queue <= 1_000_000:
+            raise LlmkitError(f"--max-batch must be 1 to 4096 and --max-queue 0 to 1,000,000, "
+                              f"got {max_batch} and {max_queue}")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.block, self.cached = model.config.block_size, caches(model)
+        self.end_id = getattr(tokenizer, "eot_id", None)
+        self.device = next(model.parameters()).device
+        self._waiting: deque[Job] = deque()
+        self._running: list[_Running] = []
+        self._cache: KVCache | None = None
+        self._lock = threading.Condition()
+        self._stopping = self._closed = False  # closed: no new requests (draining); stopping: the thread ends
+        self._thread = threading.Thread(target=self._loop, name="llmkit-batcher", daemon=True)
+        self._thread.start()
+
+    # --- the clients' side (any thread) ---
+
+    def room(self, prompt_tokens: int) -> int:
+        """How many new tokens a prompt this long can take before the context is full (a model
+        without a cache slides its window instead, so any number)."""
+        return self.block - prompt_tokens + 1 if self.cached else 1 << 30
+
+    def submit(self, request: Request, send: Callable[[Event], None]) -> Job:
+        """Queue a request; its events go to `send`, called on the batcher's thread (it must not
+        block). Raises QueueFull when `max_queue` requests already wait, Closed when stopping."""
+        if not 1 <= request.n <= self.max_batch:
+            raise LlmkitError(f"n must be 1 to {self.max_batch} (the batch's rows), got {request.n}")
+        if not request.ids or not 1 <= request.max_tokens <= self.room(len(request.ids)):
+            raise LlmkitError(f"a prompt of {len(request.ids)} tokens leaves room for "
+                              f"{self.room(len(request.ids))} new ones, not {request.max_tokens}")
+        job = Job(self, request, send)
+        with self._lock:
+            if self._stopping or self._closed:
+                raise Closed()
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull()
+            self._waiting.append(job)
+            self._lock.notify_all()
+        return job
+
+    def complete(self, request: Request) -> list[Completion]:
+        """Submit and wait: the request's choices, done (for Python callers and tests)."""
+        import queue
+
+        events: queue.SimpleQueue = queue.SimpleQueue()
+        self.submit(request, events.put)
+        choices = [Completion("", i) for i in range(request.n)]
+        while not isinstance(event := events.get(), Done):
+            if isinstance(event, Failed):
+                raise LlmkitError(event.message)
+            if isinstance(event, Text):
+                choices[event.choice].text += event.text
+            else:
+                choices[event.choice].tokens, choices[event.choice].stop_reason = event.tokens, event.reason
+        return choices
+
+    def load(self) -> dict:
+        """What the batcher holds now: rows decoding and requests waiting."""
+        with self._lock:
+            return {"rows": sum(r.job.request.n for r in self._running), "waiting": len(self._waiting)}
+
+    def drain(self, timeout: float) -> None:
+        """Take no new requests; let those queued and running finish for up to `timeout` seconds;
+        then stop, telling what is left that the server is shutting down."""
+        end = time.monotonic() + timeout
+        with self._lock:
+            self._closed = True
+            while (self._waiting or self._running) and (left := end - time.monotonic()) > 0:
+                self._lock.wait(left)
+        self.stop()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Cancel everything and stop the thread, waiting up to `timeout` seconds for its last step
+        (the process must not exit while that thread is inside torch)."""
+        with self._lock:
+            self._stopping = True
+            waiting = list(self._waiting)
+            self._waiting.clear()
+            self._lock.notify_all()
+        for job in waiting:
+            self._send(job, Failed("the server is shutting down", shutdown=True))
+            job.cancelled = True
+        self._thread.join(timeout)
+
+    def _cancel(self, job: Job) -> None:
+        with self._lock:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+
+    # --- the batcher's thread ---
+
+    def _loop(self) -> None:
+        with torch.no_grad():
+            while True:
+                with self._lock:
+                    while not (self._stopping or self._waiting or self._running):
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                    admitted = self._take_waiting()
+                try:
+                    for job in admitted:
+                        self._admit(job)
+                    self._leave()
+                    if self._running:
+                        self._step()
+                        self._leave()
+                except Exception as e:  # a fault of the server, not of a request: fail what runs, go on
+                    self._fail([*admitted, *(r.job for r in self._running)],
+                               f"generation failed: {type(e).__name__}: {str(e)[:300]}")
+                with self._lock:
+                    if not (self._waiting or self._running):
+                        self._lock.notify_all()  # a drain waits for this
+        self._fail([r.job for r in self._running], "the server is shutting down", shutdown=True)
+
+    def _fail(self, jobs: list[Job], message: str, shutdown: bool = False) -> None:
+        """Tell each job's client why it ends here, and drop every row (a job told it is done
+        already ignores this)."""
+        for job in dict.fromkeys(jobs):
+            self._send(job, Failed(message, shutdown))
+            job.cancelled = True
+        self._running, self._cache = [], None
+
+    def _take_waiting(self) -> list[Job]:
+        """The waiting jobs that fit in the batch now, first come first served (under the lock)."""
+        rows = sum(r.job.request.n for r in self._running)
+        admitted = []
+        while self._waiting and rows + self._waiting[0].request.n <= self.max_batch:
+            job = self._waiting.popleft()
+            admitted.append(job)
+            rows += job.request.n
+        return admitted
+
+    def _admit(self, job: Job) -> None:
+        """Run the job's prompt (n identical rows, as `llmkit generate --num-samples n` does), choose
+        each row's first token, and join its rows to the batch."""
+        if job.cancelled:
+            return
+        r = job.request
+        prefer_layout(self.model, sum(x.job.request.n for x in self._running) + r.n)
+        ids = torch.tensor(r.ids, dtype=torch.long, device=self.device).expand(r.n, -1).contiguous()  # (n, T0)
+        generator = torch.Generator(self.device).manual_seed(r.seed)
+        cache = None
+        if self.cached:
+            cache = KVCache.for_model(self.model, r.n, ids.shape[1] + min(r.max_tokens - 1, GROW))
+            logits = self.model.lm_head(self.model.hidden(ids, cache=cache)[:, -1])
+        else:
+            logits = self.model(ids[:, -self.block :])[:, -1]
+        rows = [RowText(Completion("", i), self.tokenizer, r.stops, self.end_id) for i in range(r.n)]
+        running = _Running(job, rows, generator, ids, r.max_tokens)
+        self._take(running, logits)
+        if running.over:
+            return
+        if cache is not None:
+            if self._cache is None or not self._running:
+                self._cache = cache
+            else:
+                everyone = torch.arange(self._cache.batch, device=self.device)
+                self._cache = KVCache.gather([(self._cache, everyone), (cache, torch.arange(r.n, device=self.device))],
+                                             self._room(running))
+        self._running.append(running)
+
+    def _step(self) -> None:
+        """One forward pass over every row's last token; each job chooses its rows' next tokens."""
+        if self.cached:
+            cache = self._cache
+            if cache.length == cache.max_len:  # out of columns: a longer cache, the same rows
+                cache = self._cache = KVCache.gather([(cache, torch.arange(cache.batch, device=self.device))],
+                                                     self._room())
+            last = torch.cat([r.history[:, -1:] for r in self._running])  # (B, 1)
+            logits = self.model.lm_head(self.model.hidden(last, cache=cache)[:, -1])  # (B, V)
+        row = 0
+        for running in self._running:
+            n = running.job.request.n
+            if self.cached:
+                self._take(running, logits[row : row + n])
+            else:  # no cache and no key mask in the small rungs: each job alone, its window of the context
+                self._take(running, self.model(running.history[:, -self.block :])[:, -1])
+            row += n
+
+    def _take(self, running: _Running, logits: torch.Tensor) -> None:
+        """Choose a job's next ids from its rows' (n, V) logits, and report the text they make."""
+        r = running.job.request
+        vocab = self.tokenizer.vocab_size
+        if vocab < logits.shape[-1]:
+            logits[:, vocab:] = float("-inf")  # ids the tokenizer cannot decode (a padded vocabulary)
+        previous = running.history if r.sampling.repetition_penalty != 1.0 else None
+        tokens = next_token(logits, r.sampling, running.generator, previous)  # (n, 1)
+        running.history = torch.cat([running.history, tokens], dim=1)
+        running.left -= 1
+        for i, token in enumerate(tokens[:, 0].tolist()):
+            row = running.rows[i]
+            if row.done:
+                continue
+            self._text(running.job, i, row.push(token))
+            if row.done or running.left == 0:
+                self._text(running.job, i, row.finish("length"))
+                self._send(running.job, Finished(i, row.completion.stop_reason, row.completion.tokens))
+        if all(row.done for row in running.rows):
+            self._send(running.job, Done(len(r.ids), sum(row.completion.tokens for row in running.rows)))
+
+    def _leave(self) -> None:
+        """Take the jobs that are over out of the batch (and their rows out of the cache)."""
+        staying = [r for r in self._running if not r.over]
+        if len(staying) == len(self._running):
+            return
+        if staying and self._cache is not None:
+            rows, row = [], 0
+            for running in self._running:
+                n = running.job.request.n
+                if not running.over:
+                    rows.extend(range(row, row + n))
+                row += n
+            self._running = staying
+            self._cache = KVCache.gather([(self._cache, torch.tensor(rows, device=self.device))], self._room())
+        self._running = staying
+        if not staying:
+            self._cache = None
+            _release_memory()
+        prefer_layout(self.model, max(1, sum(r.job.request.n for r in staying)))
+
+    def _room(self, joining: _Running | None = None) -> int:
+        """Columns to leave free in a new batch cache: what the rows still need, grown in chunks."""
+        running = self._running + ([joining] if joining is not None else [])
+        need = max(r.left for r in running)
+        length = self._cache.length if self._cache is not None else 0
+        return min(need, max(GROW, length))
+
+    def _text(self, job: Job, choice: int, text: str) -> None:
+        if text:
+            self._send(job, Text(choice, text))
+
+    def _send(self, job: Job, event: Event) -> None:
+        if job.cancelled:
+            return
+        try:
+            job.send(event)
+        except Exception:  # the client's side is gone (its event loop closed): stop its rows
+            job.cancelled = True
+
+
+def _release_memory() -> None:
+    """Give freed memory back to the operating system once the batch is empty: glibc keeps freed
+    blocks below its mmap threshold in the heap, so a burst of requests would leave the server's
+    RSS at its peak (the allocator, not a leak)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,167 @@
+"""Continuous batching (llmkit/serving/batcher.py): a request gives the text `llmkit generate`
+gives for the same prompt, seed and settings, alone or batched with requests that join and leave
+while it runs; the queue limit and cancellation free what they should."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+import torch
+
+from llmkit.config import ModelConfig
+from llmkit.data.tokenizer import CharTokenizer
+from llmkit.inference.generation import Generation, GenerationSettings
+from llmkit.inference.sampling import Sampling
+from llmkit.models import build_model
+from llmkit.serving.batcher import Batcher, Done, Failed, QueueFull, Request, Text
+
+CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
+PROMPTS = ["the cat", "a", "once upon a time there was", "hello, world. how are you", "zzz\n"]
+
+
+def char_model(name: str = "gpt", block_size: int = 64):
+    torch.manual_seed(0)
+    config = ModelConfig(name=name, vocab_size=len(CHARS), block_size=block_size, n_layer=2, n_head=4,
+                         n_kv_head=2 if name == "gpt" else None, n_embd=32, positions="rope" if name == "gpt" else "learned")
+    model = build_model(config).eval()
+    with torch.no_grad():  # weights big enough that every token of the context moves the logits
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model, CharTokenizer(CHARS)
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    return char_model()
+
+
+def alone(model, tokenizer, prompt: str, max_tokens: int, sampling: Sampling, seed: int, n: int = 1, stops=()):
+    settings = GenerationSettings(max_tokens, sampling, tuple(stops), n, context="stop")
+    return [(c.text, c.stop_reason, c.tokens) for c in Generation(model, tokenizer, prompt, settings, seed).run()]
+
+
+def request(tokenizer, prompt: str, max_tokens: int, sampling: Sampling, seed: int, n: int = 1, stops=()):
+    return Request(tuple(tokenizer.encode(prompt).tolist()), max_tokens, sampling, tuple(stops), n, seed)
+
+
+def idle(batcher: Batcher, timeout: float = 10.0) -> bool:
+    """Whether the batch empties (rows and cache gone) within `timeout`: a job's Done event is
+    sent before its rows leave, at the end of the step."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if batcher.load() == {"rows": 0, "waiting": 0} and batcher._cache is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def served(batcher: Batcher, req: Request):
+    return [(c.text, c.stop_reason, c.tokens) for c in batcher.complete(req)]
+
+
+SETTINGS = [Sampling(temperature=0), Sampling(temperature=1.0, top_k=None), Sampling(0.9, 5, top_p=0.8),
+            Sampling(0.7, None, min_p=0.1, repetition_penalty=1.5)]
+
+
+@pytest.mark.parametrize("sampling", SETTINGS, ids=["greedy", "t1", "topk-topp", "minp-penalty"])
+def test_a_request_alone_gives_what_generate_gives(gpt, sampling):
+    model, tokenizer = gpt
+    batcher = Batcher(model, tokenizer, max_batch=4)
+    try:
+        for seed, prompt in enumerate(PROMPTS[:3]):
+            for n in (1, 3):
+                want = alone(model, tokenizer, prompt, 20, sampling, seed, n, stops=("e ",))
+                assert served(batcher, request(tokenizer, prompt, 20, sampling, seed, n, stops=("e ",))) == want
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.parametrize("name", ["gpt", "multi_head_attention"], ids=["cached", "uncached"])
+def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(name):
+    """Five requests of different lengths: two start together, the rest join once the first have
+    made a few tokens; short ones leave while long ones go on. Each is what it is alone."""
+    model, tokenizer = char_model(name)
+    sampling = Sampling(temperature=1.0, top_k=None)
+    lengths = [30, 5, 24, 12, 40 if name == "gpt" else 30]
+    wants = [alone(model, tokenizer, p, m, sampling, seed=10 + i) for i, (p, m) in enumerate(zip(PROMPTS, lengths))]
+    batcher = Batcher(model, tokenizer, max_batch=8)
+    events = [queue.SimpleQueue() for _ in PROMPTS]
+    try:
+        def submit(i):
+            batcher.submit(request(tokenizer, PROMPTS[i], lengths[i], sampling, seed=10 + i), events[i].put)
+
+        submit(0), submit(1)
+        texts = [[] for _ in PROMPTS]
+        for _ in range(4):  # wait until request 0 is well under way, then the others join
+            texts[0].append(events[0].get(timeout=30))
+        for i in range(2, len(PROMPTS)):
+            submit(i)
+        got = []
+        for i, q in enumerate(events):
+            while not isinstance(event := q.get(timeout=30), Done):
+                assert not isinstance(event, Failed), event
+                texts[i].append(event)
+            text = "".join(e.text for e in texts[i] if isinstance(e, Text))
+            finished = [e for e in texts[i] if not isinstance(e, Text)]
+            got.append((text, finished[0].reason, finished[0].tokens))
+        assert got == [w[0] for w in wants]
+        assert idle(batcher)  # every row left, and its keys and values with it
+    finally:
+        batcher.stop()
+
+
+def test_the_context_ends_a_request_with_length(gpt):
+    model, tokenizer = gpt
+    batcher = Batcher(model, tokenizer)
+    try:
+        prompt = "abc " * 15  # 60 of the 64 positions
+        room = batcher.room(60)
+        [(text, reason, tokens)] = served(batcher, request(tokenizer, prompt, room, Sampling(temperature=0), 0))
+        assert reason == "length" and tokens == room == 5
+        [(want, _, _)] = alone(model, tokenizer, prompt, 100, Sampling(temperature=0), 0)
+        assert text == want  # generate --context stop ends at the same place
+        with pytest.raises(Exception, match="leaves room for 5 new ones"):
+            batcher.submit(request(tokenizer, prompt, 6, Sampling(temperature=0), 0), print)
+    finally:
+        batcher.stop()
+
+
+def test_a_full_queue_refuses_and_a_cancelled_request_frees_its_rows(gpt):
+    model, tokenizer = gpt
+    batcher = Batcher(model, tokenizer, max_batch=1, max_queue=1)
+    try:
+        first, second = queue.SimpleQueue(), queue.SimpleQueue()
+        long = request(tokenizer, "a", 60, Sampling(temperature=1.0, top_k=None), 0)
+        running = batcher.submit(long, first.put)
+        first.get(timeout=30)  # it runs: the batch's one row is taken
+        batcher.submit(request(tokenizer, "b", 3, Sampling(temperature=0), 0), second.put)  # waits
+        with pytest.raises(QueueFull):
+            batcher.submit(request(tokenizer, "c", 3, Sampling(temperature=0), 0), print)
+        running.cancel()
+        while not isinstance(second.get(timeout=30), Done):  # the waiting one gets the row
+            pass
+        assert idle(batcher)
+    finally:
+        batcher.stop()
+
+
+def test_stopping_tells_every_client(gpt):
+    model, tokenizer = gpt
+    batcher = Batcher(model, tokenizer, max_batch=1, max_queue=4)
+    got = [queue.SimpleQueue() for _ in range(3)]
+    started = threading.Event()
+    batcher.submit(request(tokenizer, "a", 60, Sampling(temperature=0), 0), lambda e: (started.set(), got[0].put(e)))
+    started.wait(30)
+    for q in got[1:]:
+        batcher.submit(request(tokenizer, "b", 60, Sampling(temperature=0), 0), q.put)
+    batcher.stop()
+    for q in got:
+        events = []
+        while not q.empty():
+            events.append(q.get())
+        assert isinstance(events[-1], Failed) and "shutting down" in events[-1].message
