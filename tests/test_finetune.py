@@ -153,11 +153,13 @@ def test_scores_by_hand():
 
 class _FakeJudge(http.server.BaseHTTPRequestHandler):
     asked: list[dict] = []
+    replies: list[str] = []  # what it answers, in turn; "Score: 73" when empty
 
     def do_POST(self):  # noqa: N802 (http.server's name)
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _FakeJudge.asked.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": "Score: 73"}}]}).encode()
+        content = _FakeJudge.replies.pop(0) if _FakeJudge.replies else "Score: 73"
+        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply)))
@@ -184,3 +186,25 @@ def test_a_judge_on_an_openai_compatible_endpoint():
     assert "`Hello`" in asked["messages"][0]["content"] and "`Hi!`" in asked["messages"][0]["content"]
     with pytest.raises(LlmkitError, match="did not answer"):
         Judge(f"http://127.0.0.1:{server.server_port}/v1", "m", timeout_s=2).score(records[0])
+
+
+def test_a_judge_that_answers_with_prose_is_kept_and_left_out_of_the_mean():
+    """A small judge model often answers the question instead of scoring it: such a reply is kept
+    in the record, its score is None, and the mean is over the replies that were scores."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _FakeJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    judge = Judge(f"http://127.0.0.1:{server.server_port}/v1", "judge-model")
+    records = [{"instruction": f"Q{i}", "input": "", "output": "A", "model_response": "A"} for i in range(3)]
+    try:
+        _FakeJudge.replies = ["Score: 40", "The answer looks fine to me.", "90"]
+        scores = score_responses(records, judge)
+        _FakeJudge.replies = ["Well, it depends."] * 3
+        none_scored = score_responses([dict(r) for r in records], judge)
+    finally:
+        _FakeJudge.replies = []
+        server.shutdown()
+        server.server_close()
+    assert [r["judge_score"] for r in records] == [40, None, 90]
+    assert records[1]["judge_reply"] == "The answer looks fine to me."
+    assert scores["judge_scored"] == 2 and scores["judge_score"] == 65
+    assert none_scored["judge_scored"] == 0 and "judge_score" not in none_scored

@@ -31,6 +31,8 @@ class Report(dict):
                 ("split", f"{split} of {self['data']}" if split != "text" else self["data"])]
         rows += [(label, f"{self[key]:.2%}" if key in PERCENT else f"{self[key]:.4f}")
                  for key, label in LABELS.items() if key in self]
+        if "judge" in self:
+            rows.append((f"judge replies ({self['judge']})", f"{self['judge_scored']} of {self['examples']} a score"))
         width = max(len(label) for label, _ in rows)
         lines = [f"{label:<{width}}  {value}" for label, value in rows]
         if "confusion" in self:
@@ -55,7 +57,10 @@ class Report(dict):
                              "that do not also occur, word for word, in the training split")
             return lines + [f"confusion (rows: truth ham, spam; columns: predicted ham, spam): [[{tn}, {fp}], [{fn}, {tp}]]"]
         if "responses" in self:
-            judged = f", judge {self['judge_score']:.1f}/100 ({self['judge']})" if "judge_score" in self else ""
+            judged = ""
+            if "judge" in self:
+                score = f" {self['judge_score']:.1f}/100" if "judge_score" in self else ""
+                judged = f", judge{score} ({self['judge']}: {self['judge_scored']} of {self['examples']} replies a score)"
             return [f"{split}: loss {self['loss']:.4f} on the responses; {self['examples']} answers: exact match "
                     f"{self['exact_match']:.2%}, ROUGE-L F1 {self['rouge_l']:.2%}{judged}; written to {self['responses']}"]
         return [f"{split}: " + ", ".join(f"{LABELS[k]} {self[k]:.4f}" for k in LABELS if k in self)]

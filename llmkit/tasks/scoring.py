@@ -69,10 +69,19 @@ class Judge:
     timeout_s: float = 120.0
 
     def score(self, entry: dict) -> int:
-        question = (f"Given the input `{format_prompt(entry)}` and correct output `{entry['output']}`, "
-                    f"score the model response `{entry['model_response']}` on a scale from 0 to 100, "
-                    "where 100 is the best score. Respond with the integer number only.")
-        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": question}]}
+        """The judge's score of one answer (refused when its reply is not one)."""
+        return parse_score(self.reply(entry))
+
+    @staticmethod
+    def question(entry: dict) -> str:
+        """The judge's question about `entry`'s model_response."""
+        return (f"Given the input `{format_prompt(entry)}` and correct output `{entry['output']}`, "
+                f"score the model response `{entry['model_response']}` on a scale from 0 to 100, "
+                "where 100 is the best score. Respond with the integer number only.")
+
+    def reply(self, entry: dict) -> str:
+        """What the judge answers to the question about `entry`, at temperature 0."""
+        body = {"model": self.model, "temperature": 0, "messages": [{"role": "user", "content": self.question(entry)}]}
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -89,7 +98,7 @@ class Judge:
         except (urllib.error.URLError, OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise LlmkitError(f"the judge at {self.url} did not answer: {str(e)[:200]}",
                               hint="check --judge-url (the base ending in /v1) and --judge-model") from None
-        return parse_score(reply)
+        return reply
 
 
 def parse_score(reply: str) -> int:
@@ -108,12 +117,19 @@ def score_responses(records: list[dict], judge: Judge | None = None) -> dict:
     for record in records:
         record["exact_match"] = exact_match(record["model_response"], record["output"])
         record["rouge_l"] = rouge_l(record["model_response"], record["output"])
-        if judge is not None:
-            record["judge_score"] = judge.score(record)
+        if judge is not None:  # a reply that is no score is kept, marked, and left out of the mean
+            reply = judge.reply(record)
+            record["judge_reply"] = reply[:2000]
+            try:
+                record["judge_score"] = parse_score(reply)
+            except LlmkitError:
+                record["judge_score"] = None
     n = len(records)
     result = {"exact_match": sum(r["exact_match"] for r in records) / n,
               "rouge_l": sum(r["rouge_l"] for r in records) / n}
     if judge is not None:
-        result["judge_score"] = sum(r["judge_score"] for r in records) / n
-        result["judge"] = judge.model
+        scores = [r["judge_score"] for r in records if r["judge_score"] is not None]
+        if scores:
+            result["judge_score"] = sum(scores) / len(scores)
+        result["judge"], result["judge_scored"] = judge.model, len(scores)
     return result
