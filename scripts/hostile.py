@@ -215,6 +215,20 @@ def cases(root: Path, made: dict) -> list[Case]:
             Case("finetune", ["finetune", "spam", "--base", "runs/missing"]),
             Case("finetune", ["finetune", "spam", "--judge-url", "http://x/v1", "--judge-model", "m"]),
             Case("classify", ["classify", "runs/missing"])]
+    # serve and chat: bad flags and models, refused before anything listens or waits for input
+    for args in (["--port", "70000"], ["--port", "-1"], ["--max-batch", "0"], ["--max-queue", "-5"],
+                 ["--shutdown-timeout", "nan"], ["--shutdown-timeout", "1e9"], ["--max-tokens", "99999999999"],
+                 ["--max-body", "0"], ["--api-key", "a b"], ["--name", ""], ["--host", "no-such-host.invalid"],
+                 ["--host", "8.8.8.8"], ["--dtype", "int3"], ["--checkpoint", "newest"]):
+        out.append(Case("serve", ["serve", run, *args], limit_s=60))
+    out += [Case("serve", ["serve", "runs/missing"]), Case("serve", ["serve", "fake.gguf"]),
+            Case("serve", ["serve", "hf_bad"]), Case("serve", ["serve", "text.txt"]),
+            Case("chat", ["chat", run, "--temperature", "nan"], stdin="hi\n"),
+            Case("chat", ["chat", "fake.gguf"], stdin="hi\n"),
+            Case("chat", ["chat", bpe], stdin="hi\n", words=("chat template",)),
+            Case("generate", ["generate", run, "--top-p", "1.5", "-p", "hi"]),
+            Case("generate", ["generate", run, "-n", "-1", "-p", "hi"]),
+            Case("generate", ["generate", "not.gguf", "-p", "hi"])]
     # debris: a dead writer's temporary file is cleaned by the next run into that directory
     dead = subprocess.Popen(["true"])
     dead.wait()
