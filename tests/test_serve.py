@@ -370,8 +370,18 @@ def test_sigterm_lets_a_short_request_finish(model_dir, tmp_path):
     assert reply["r"].status_code == 200 and reply["r"].json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_a_model_that_does_not_generate_is_refused(cli, tmp_path):
-    assert cli("serve", tmp_path / "nothing-here").code == 2
+def test_models_and_names_that_cannot_be_served_are_refused(cli, workdir, model_dir):
+    missing = cli("serve", workdir / "nothing-here")
+    assert missing.code == 2 and "Traceback" not in missing.err
+    trained = cli("train", str(Path(__file__).resolve().parents[1] / "recipes" / "encoder_mlm.yaml"), "out_dir=enc",
+                  "train.max_steps=1", "train.eval_interval=1", "train.eval_steps=1", "model.n_layer=1",
+                  "model.n_embd=32", "model.n_head=2", "--device", "cpu")
+    assert trained.code == 0, trained.err
+    encoder = cli("serve", "enc")
+    assert encoder.code == 2 and "an encoder (masked LM)" in encoder.err
+    for name in ("", "x" * 201, "tab\there"):  # refused before the model loads, so never listening
+        result = cli("serve", model_dir, "--name", name)
+        assert result.code == 2 and "--name must be 1 to 200 printable characters" in result.err
 
 
 def test_a_port_in_use_is_a_message(server, model_dir, cli):

@@ -51,13 +51,13 @@ def serve(
     api_key = api_key if api_key is not None else os.environ.get("LLMKIT_API_KEY") or None
     if api_key is not None and (not api_key.isprintable() or " " in api_key or len(api_key) > 1000):
         raise LlmkitError("--api-key must be printable, without spaces, at most 1000 characters")
+    served = name if name is not None else os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
+    if not served or len(served) > 200 or not served.isprintable():
+        raise LlmkitError("--name must be 1 to 200 printable characters")
     loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype)
     loaded.require("generates", model)
     if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
         raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")
-    served = name or os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
-    if not served or len(served) > 200:
-        raise LlmkitError("--name must be 1 to 200 characters")
     server = Server(loaded, served, Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue), limits, api_key)
 
     def announce(url: str) -> None:
