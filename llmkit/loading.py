@@ -28,6 +28,7 @@ from llmkit.config import ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.lora import add_lora, merge_lora
+from llmkit.layers.quantized import SCALE, Int8Linear, make_int8, quantize_model, quantized_names, quantizer
 from llmkit.models import meta_model
 from llmkit.run import checkpoint_path
 
@@ -82,11 +83,15 @@ class LoadedModel:
 # Short names of pretrained models: the dataset that downloads each (llmkit download NAME) and its file.
 MODELS = {"smollm2": ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Weight-only formats (llmkit/layers/quantized.py): the matrices in int8, the rest in float32.
+QUANTIZED = ("int8",)
 
 
 def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = torch.float32,
-                    data_root: str | Path = "data") -> Checkpoint:
-    """The Checkpoint a model name stands for, weights included, without building the model."""
+                    data_root: str | Path = "data", converter=None) -> Checkpoint:
+    """The Checkpoint a model name stands for, weights included, without building the model.
+    `converter(config)`, if given, says how to turn a GGUF file's tensors into state-dict entries
+    as they are read (int8 rows: the whole model is never in float)."""
     from llmkit.formats.gguf import is_gguf, read_gguf
     from llmkit.formats.hf import hf_directory, read_hf_directory
 
@@ -96,7 +101,7 @@ def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = 
         dataset, filename = MODELS[str(name)]
         name = ensure_downloaded(dataset, data_root) / filename
     if is_gguf(name):
-        return read_gguf(name, dtype)
+        return read_gguf(name, dtype, converter)
     directory = hf_directory(name)
     if directory is not None:
         return read_hf_directory(directory, dtype)
@@ -104,10 +109,16 @@ def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = 
 
 
 def inference_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """--dtype fp32 | bf16 | fp16, refused where this device cannot run it."""
-    if name not in DTYPES:
-        raise LlmkitError(f"--dtype must be {', '.join(DTYPES)}, got '{name}'")
+    """--dtype fp32 | bf16 | fp16 | int8, refused where this device cannot run it; for int8, the
+    dtype of everything but the int8 matrices."""
+    if name not in DTYPES and name not in QUANTIZED:
+        raise LlmkitError(f"--dtype must be {', '.join([*DTYPES, *QUANTIZED])}, got '{name}'")
     device = torch.device(device)
+    if name in QUANTIZED:
+        if device.type != "cpu":
+            raise LlmkitError(f"--dtype {name} runs on the CPU only (PyTorch's int8 kernel here is a CPU one)",
+                              hint="on a GPU use --dtype bf16")
+        return torch.float32
     if name == "fp16" and device.type == "cpu":
         raise LlmkitError("--dtype fp16 needs a GPU: CPUs have no fast fp16 matmuls (and PyTorch's are slow)",
                           hint="use --dtype bf16 (half the memory, and fast on recent CPUs) or fp32")
@@ -121,6 +132,9 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
     """Build the checkpoint's model with its weights. A LoRA checkpoint comes with its adapters,
     or with them folded into the weights when `merge` is set."""
     model = meta_model(checkpoint.model_config)  # no memory until the weights arrive: assigned, not copied
+    int8 = {name.removesuffix(SCALE) for name in checkpoint.weights if name.endswith(SCALE)}
+    if int8:  # quantized while read: the modules take int8 rows and scales
+        make_int8(model, int8)
     if checkpoint.lora is not None:
         add_lora(model, checkpoint.lora)
     try:
@@ -141,5 +155,21 @@ def load_model(name: str | Path, which: str = "best", device: torch.device | str
                merge: bool = False, dtype: str | torch.dtype = torch.float32) -> LoadedModel:
     """The model NAME names (see the module docstring), ready to run on `device` in `dtype`
     (torch.float32, or "fp32" | "bf16" | "fp16")."""
+    if isinstance(dtype, str) and dtype in QUANTIZED:
+        return _load_int8(name, which, device)
     dtype = inference_dtype(dtype, device) if isinstance(dtype, str) else dtype
     return model_from_checkpoint(read_checkpoint(name, which, dtype), device, merge, dtype)
+
+
+def _load_int8(name: str | Path, which: str, device: torch.device | str) -> LoadedModel:
+    """The model with its matrices in int8: quantized tensor by tensor while a GGUF file is read,
+    else once the float model is built (a LoRA run merged first: adapters need float weights)."""
+    dtype = inference_dtype("int8", device)
+
+    def converter(config: ModelConfig):
+        return quantizer(quantized_names(meta_model(config)))
+
+    loaded = model_from_checkpoint(read_checkpoint(name, which, dtype, converter=converter), device, True, dtype)
+    if not any(isinstance(m, Int8Linear) for m in loaded.model.modules()):
+        quantize_model(loaded.model)
+    return loaded

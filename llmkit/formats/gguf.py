@@ -62,8 +62,10 @@ def is_gguf(path: str | Path) -> bool:
         return False
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
-    """A GGUF file as a Checkpoint: config, weights under llmkit's names (dequantized), tokenizer."""
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, converter=None):
+    """A GGUF file as a Checkpoint: config, weights under llmkit's names (dequantized), tokenizer.
+    `converter(config)`, if given, makes the function each tensor goes through as it is read
+    (llmkit/layers/quantized.py: to int8)."""
     from llmkit.checkpoint import Checkpoint
     from llmkit.data.hf_tokenizer import HFTokenizer
 
@@ -81,7 +83,8 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     tensors = {t.name: t for t in reader.tensors}
     config = config_from_gguf(arch, fields, tensors, path)
     tokenizer = HFTokenizer.from_gguf(fields, config.vocab_size)
-    weights = TABLES[arch].to_ours(_Dequantized(tensors, dtype, path), config, shapes_of(config))
+    convert = converter(config) if converter is not None else None
+    weights = TABLES[arch].to_ours(_Dequantized(tensors, dtype, path), config, shapes_of(config), convert)
     quant = sorted({t.tensor_type.name for t in reader.tensors})
     return Checkpoint(config, weights, tokenizer, data={"tokens": None, "command": f"(weights from {path})"},
                       origin={"kind": "imported", "from": str(path), "format": "gguf", "tensor_types": quant},

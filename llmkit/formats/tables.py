@@ -27,6 +27,7 @@ import torch
 
 from llmkit.config import ModelConfig
 from llmkit.errors import LlmkitError
+from llmkit.layers.quantized import SCALE
 
 # Tensors some files carry that are not weights: GPT-2's causal-mask buffers, rotary frequencies.
 IGNORED = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "rope_freqs.weight")
@@ -66,9 +67,11 @@ class NameTable:
                 yield rule, [n.format(i=i) for n in rule.ours], [n.format(i=i) for n in rule.theirs]
 
     def to_ours(self, theirs: dict[str, torch.Tensor], config: ModelConfig,
-                shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+                shapes: dict[str, torch.Size], convert=None) -> dict[str, torch.Tensor]:
         """llmkit's state dict from the other format's tensors; `shapes` are those of the llmkit
-        model being loaded (they say where to cut stacked tensors, and are checked)."""
+        model being loaded (they say where to cut stacked tensors, and are checked). `convert`
+        (name, tensor) -> entries, if given, turns each tensor into its entries as soon as it is
+        made (llmkit/layers/quantized.py: int8 while reading, never the whole model in float)."""
         out, used = {}, set()
         for rule, ours, names in self.expand(config):
             missing = [n for n in names if n not in theirs]
@@ -89,14 +92,17 @@ class NameTable:
                                   f"({', '.join(str(tuple(shapes[n])) for n in ours)}): "
                                   f"{self._disagreement(config, expected or set(sizes))}")
             for name, part in zip(ours, torch.split(joined, sizes, dim=0)):
-                out[name] = part.contiguous()
+                out.update(convert(name, part.contiguous()) if convert else {name: part.contiguous()})
+            del parts, joined
         left = [n for n in theirs if n not in used and not n.endswith(IGNORED)
                 and not (config.tie_embeddings and n in ("lm_head.weight", "output.weight"))]
         if left:
             raise LlmkitError(f"the {self.family} weights hold {len(left)} tensor(s) the config does not describe, "
                               f"e.g. {left[0]}", hint="the config disagrees with the weights")
         if config.tie_embeddings and "lm_head.weight" in shapes:
-            out["lm_head.weight"] = out["embed.wte.weight"]
+            for suffix in ("", SCALE):  # a quantized table has its row scales beside it
+                if "embed.wte.weight" + suffix in out:
+                    out["lm_head.weight" + suffix] = out["embed.wte.weight" + suffix]
         return out
 
     def to_theirs(self, ours: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
