@@ -20,7 +20,7 @@ its own GGUF loader), in each --dtypes, on a chat-templated prompt; rows add the
 bound (the weights' bytes, read once per token, over the bandwidth of a plain read measured in
 the same run), and `llmkit generate` itself is timed in a fresh process: load, first token, peak RSS.
 
-    .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16
+    .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16,int8 --batches 1,4,8
 
 Keep the machine otherwise idle while it runs.
 """
@@ -73,8 +73,15 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--model", help="a GGUF file or registered name (smollm2): benchmark a real model instead")
-    p.add_argument("--dtypes", default="fp32,bf16", help="with --model: the dtypes to compare in")
+    p.add_argument("--dtypes", default="fp32,bf16,int8", help="with --model: the dtypes to compare in (fp32 first)")
+    p.add_argument("--batches", default="1,4,8", help="with --model: llmkit's aggregate tokens/s at these batch sizes")
+    p.add_argument("--fresh-only", action="store_true",
+                   help="with --model: only the fresh-process figures (first token, peak RSS) per dtype")
     args = p.parse_args()
+    if args.model and args.fresh_only:
+        for dtype in args.dtypes.split(","):
+            print(json.dumps({"model": args.model, "dtype": dtype, **fresh_process(args.model, dtype)}))
+        return None
     if args.model:
         return real_model(args)
     device = torch.device(args.device)
@@ -148,19 +155,36 @@ def bandwidth_gb_s(megabytes: int = 512, repeats: int = 5) -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def fresh_process(model: str) -> dict:
-    """`llmkit generate MODEL -n 1` in a new process: wall time to the first token (load included)
-    and peak RSS."""
-    import resource
+# Runs `llmkit ARGS...` and, at exit, prints the process's own peak RSS (VmHWM). Not getrusage: a
+# child's ru_maxrss keeps the RSS it had between fork and exec, which is this big parent's.
+PEAK = ("import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('VmHWM', next(l.split()[1] for l in open('/proc/self/status') "
+        "if l.startswith('VmHWM')), file=sys.stderr))\n"
+        "sys.argv = ['llmkit', *sys.argv[1:]]\nrunpy.run_module('llmkit', run_name='__main__')\n")
+
+
+def fresh_process(model: str, dtype: str = "fp32") -> dict:
+    """`llmkit generate MODEL -n 1 --dtype D` in a new process: wall time to the first token (load
+    included) and that process's peak RSS."""
     import subprocess
 
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "llmkit", "generate", model, "-p", "Hello", "-n", "1",
-                           "--temperature", "0"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", PEAK, "generate", model, "-p", "Hello", "-n", "1", "--temperature", "0",
+                           "--dtype", dtype], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(proc.stderr)
-    return {"first_token_s": round(wall, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)}
+    peak_kb = int(proc.stderr.rsplit("VmHWM", 1)[1].split()[0])
+    return {"first_token_s": round(wall, 2), "peak_rss_mb": round(peak_kb / 1024)}
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's weights, each tensor once (a tied table is one), int8 buffers included."""
+    seen = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dim() >= 1 and tensor.numel() > 1024:  # matrices and tables, not rotary caches or scalars
+            seen[tensor.data_ptr()] = tensor.numel() * tensor.element_size()
+    return sum(seen.values())
 
 
 def real_model(args) -> None:
@@ -172,15 +196,15 @@ def real_model(args) -> None:
     machine = {"device": f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)", "torch": torch.__version__,
                "transformers": transformers.__version__}
     bandwidth = bandwidth_gb_s()
-    process = fresh_process(args.model)
     if not args.json:
         print(f"command: {command}")
         print("machine: " + " | ".join(f"{k} {v}" for k, v in machine.items()) + f" | read bandwidth {bandwidth:.1f} GB/s")
         print(f"model:   {path.name}, batch 1, greedy, {args.new_tokens} new tokens, median of {args.repeats} interleaved runs")
-        print(f"llmkit generate {args.model} -n 1, fresh process: {process['first_token_s']} s to the first token "
-              f"(load included), peak RSS {process['peak_rss_mb']} MB")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    # transformers has no int8 of its own on a CPU: llmkit's int8 is compared with its fp32.
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+    reference = None  # llmkit's fp32 greedy tokens, which every dtype's are compared with
     for name in args.dtypes.split(","):
+        process = fresh_process(args.model, name)
         ours = load_model(path, dtype=name)
         theirs = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
                                                                    dtype=dtypes[name]).eval()
@@ -207,20 +231,32 @@ def real_model(args) -> None:
                 seconds, tokens[who] = timed((llmkit if who == "llmkit" else huggingface)(args.new_tokens), torch.device("cpu"))
                 times[who].append(seconds)
         speed = {who: args.new_tokens / statistics.median(t) for who, t in times.items()}
-        weight_bytes = sum(p.numel() * p.element_size() for p in ours.model.parameters())
+        size = weight_bytes(ours.model)
+        reference = reference if reference is not None else tokens["llmkit"]
+        batches = {}
+        for batch in (int(b) for b in args.batches.split(",") if b):  # aggregate tokens/s of B rows at once
+            rows = prompt.repeat(batch, 1)
+            seconds, _ = timed(lambda: list(generate_batch(ours.model, rows, args.new_tokens, greedy)), torch.device("cpu"))
+            batches[f"batch_{batch}_tokens_per_s"] = round(batch * args.new_tokens / seconds, 1)
         row = {"what": f"{path.name} {name}", "new_tokens": args.new_tokens, "prompt_tokens": prompt.shape[1], "batch": 1,
-               "llmkit_tokens_per_s": round(speed["llmkit"], 2), "transformers_tokens_per_s": round(speed["transformers"], 2),
+               "llmkit_tokens_per_s": round(speed["llmkit"], 2),
+               f"transformers_{'fp32' if name == 'int8' else name}_tokens_per_s": round(speed["transformers"], 2),
                "ratio": round(speed["llmkit"] / speed["transformers"], 3),
-               "bound_tokens_per_s": round(bandwidth * 1e9 / weight_bytes, 1), "weight_mb": round(weight_bytes / 1e6),
+               "bound_tokens_per_s": round(bandwidth * 1e9 / size, 1), "weight_mb": round(size / 1e6),
                "same_greedy_prefix": common_prefix(tokens["llmkit"], tokens["transformers"]),
+               "agrees_with_llmkit_fp32": common_prefix(tokens["llmkit"], reference), **batches,
                **process, **machine, "read_bandwidth_gb_s": round(bandwidth, 1), "command": command}
         if args.json:
             print(json.dumps(row))
         else:
-            print(f"{name}: llmkit {row['llmkit_tokens_per_s']:,.1f} tokens/s, transformers "
-                  f"{row['transformers_tokens_per_s']:,.1f} -> {row['ratio']:.2f}x; bandwidth bound "
-                  f"{row['bound_tokens_per_s']} tokens/s ({row['weight_mb']} MB per token); greedy tokens agree "
-                  f"for the first {row['same_greedy_prefix']} of {args.new_tokens}")
+            peer = "fp32" if name == "int8" else name
+            print(f"{name}: llmkit {row['llmkit_tokens_per_s']:,.1f} tokens/s, transformers {peer} "
+                  f"{speed['transformers']:,.1f} -> {row['ratio']:.2f}x; bandwidth bound "
+                  f"{row['bound_tokens_per_s']} tokens/s ({row['weight_mb']} MB per token); greedy tokens agree with "
+                  f"transformers for the first {row['same_greedy_prefix']} of {args.new_tokens}, with llmkit fp32 for "
+                  f"{row['agrees_with_llmkit_fp32']}; " + ", ".join(f"{k.split('_')[1]} rows {v:,.1f}" for k, v in batches.items())
+                  + f" tokens/s; fresh process: {process['first_token_s']} s to the first token, "
+                  f"peak RSS {process['peak_rss_mb']} MB")
 
 
 

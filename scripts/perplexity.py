@@ -14,6 +14,7 @@ Two transformers figures are printed:
     LLMKIT_DATA_MIRROR=../shared/data .venv/bin/python scripts/perplexity.py smollm2 \\
         --text ../shared/data/wikitext-2/test.txt --context 1024 --stride 512
     .venv/bin/python scripts/perplexity.py smollm2 --text FILE --limit-tokens 20000   # a quick look
+    .venv/bin/python scripts/perplexity.py smollm2 --text FILE --dtypes fp32,bf16,int8 --llmkit-only
 """
 
 from __future__ import annotations
@@ -74,20 +75,27 @@ def main() -> None:
     p.add_argument("--limit-tokens", type=int, help="measure only the text's first N tokens")
     p.add_argument("--skip-same-windows", action="store_true",
                    help="leave out the third row (it costs as much as the first; check it on a prefix instead)")
+    p.add_argument("--dtypes", default="fp32", help="llmkit's rows: these dtypes (fp32 first), e.g. fp32,bf16,int8")
+    p.add_argument("--llmkit-only", action="store_true", help="leave out the transformers rows")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
-    ours = load_model(args.model)
-    path = ours.path
-    text = open(args.text, encoding="utf-8").read()
-    ids = torch.as_tensor(ours.tokenizer.encode(text).astype("int64"))[: args.limit_tokens]
-    stream = TokenStream([ids.numpy()])
-    nbytes = len(ours.tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
     rows = {}
-    start = time.perf_counter()
-    result = evaluate_split(ours.model, stream, ours.tokenizer, args.context, 4, torch.device("cpu"), args.stride)
-    rows["llmkit"] = {"loss": result["loss"], "tokens": result["tokens"], "seconds": time.perf_counter() - start}
-    ours_tokenizer = ours.tokenizer
-    del ours
+    for dtype in args.dtypes.split(","):
+        ours = load_model(args.model, dtype=dtype)
+        if not rows:
+            path = ours.path
+            text = open(args.text, encoding="utf-8").read()
+            ids = torch.as_tensor(ours.tokenizer.encode(text).astype("int64"))[: args.limit_tokens]
+            stream = TokenStream([ids.numpy()])
+            nbytes = len(ours.tokenizer.decode(ids[1:].tolist()).encode("utf-8"))
+        start = time.perf_counter()
+        result = evaluate_split(ours.model, stream, ours.tokenizer, args.context, 4, torch.device("cpu"), args.stride)
+        rows["llmkit" if dtype == "fp32" else f"llmkit {dtype}"] = {
+            "loss": result["loss"], "tokens": result["tokens"], "seconds": time.perf_counter() - start}
+        ours_tokenizer = ours.tokenizer
+        del ours
+    if args.llmkit_only:
+        return _print(args, path, rows, True, nbytes)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     theirs = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])[: args.limit_tokens]
@@ -111,7 +119,7 @@ def _print(args, path, rows: dict, same_ids: bool, nbytes: int) -> None:
               "same_token_ids": same_ids, "bytes": nbytes, "command": command,
               "rows": {name: {**r, "perplexity": math.exp(r["loss"]), "bits_per_byte": r["loss"] * r["tokens"] / math.log(2) / nbytes}
                        for name, r in rows.items()}}
-    llmkit_ppl = report["rows"]["llmkit"]["perplexity"]
+    llmkit_ppl = next(iter(report["rows"].values()))["perplexity"]  # the first row: llmkit, fp32
     for r in report["rows"].values():
         r["relative_to_llmkit"] = r["perplexity"] / llmkit_ppl - 1
     if args.json:

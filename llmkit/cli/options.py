@@ -29,8 +29,9 @@ JudgeUrl = Annotated[Optional[str], typer.Option(
 JudgeModel = Annotated[Optional[str], typer.Option(help="The judge's model name (with --judge-url).",
                                                    show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")]
-Dtype = Annotated[str, typer.Option(help="fp32, bf16 (half the memory and the bytes read per token) or fp16 "
-                                    "(GPUs): the weights' dtype while generating.")]
+Dtype = Annotated[str, typer.Option(help="fp32, bf16 (half the memory and the bytes read per token), fp16 "
+                                    "(GPUs) or int8 (CPU: matrices in int8, a quarter of fp32's bytes): the "
+                                    "weights' dtype while generating.")]
 
 # Sampling, shared by generate and chat. The defaults are llmkit.inference.sampling.TEMPERATURE
 # and TOP_K (a test keeps them equal).
