@@ -94,3 +94,15 @@ def debug_run(tmp_path_factory) -> Path:
     recipe = load_recipe(RECIPES / "debug.yaml", [f"out_dir={root / 'run'}", f"data.root={root / 'data'}",
                                                   "train.sample_tokens=0"])
     return train(recipe)
+
+
+@pytest.fixture(scope="session")
+def export_run(tmp_path_factory) -> Path:
+    """A GPT-2-shaped run (biases on), two steps: small, but one that `llmkit export` writes."""
+    from llmkit.config import load_recipe
+    from llmkit.training.trainer import train
+
+    root = tmp_path_factory.mktemp("export_run")
+    return train(load_recipe(RECIPES / "debug.yaml", [
+        f"out_dir={root / 'run'}", f"data.root={root / 'data'}", "model.bias=true", "train.max_steps=2",
+        "train.eval_interval=2", "train.eval_steps=1", "train.sample_tokens=0", "train.device=cpu"]))

@@ -15,15 +15,7 @@ import torch
 from llmkit.errors import BAD_INPUT, RUN_FAILED
 
 from conftest import RECIPES
-
-
-def refused(result, *words):
-    """Exit 2, no traceback, and each word in stderr; returns stderr's lines."""
-    assert result.code == 2, (result.code, result.err[-2000:])
-    assert "Traceback" not in result.err + result.out, result.err[-3000:]
-    for word in words:
-        assert word in result.err, (word, result.err[-2000:])
-    return result.err.strip().splitlines()
+from faults import refused
 
 
 def test_the_codes_are_two_for_input_and_one_for_a_failed_run():

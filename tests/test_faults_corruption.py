@@ -14,13 +14,10 @@ import pytest
 from llmkit.data.shards import HEADER_BYTES
 
 from conftest import RECIPES
+from faults import clean
 
 SMALL = ("train.sample_tokens=0", "train.max_steps=5", "train.eval_interval=5", "train.eval_steps=2",
          "--device", "cpu")
-
-
-def clean(result) -> bool:
-    return "Traceback" not in result.err and "Traceback" not in result.out
 
 
 def flip(path: Path, at: int, count: int = 4, mask: int = 0xFF) -> None:

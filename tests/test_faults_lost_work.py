@@ -21,6 +21,7 @@ from llmkit.checkpoint import load_checkpoint
 from llmkit.training.metrics import MetricsLog
 
 from conftest import RECIPES
+from faults import clean
 
 SMALL = ("train.sample_tokens=0", "train.eval_steps=2", "--device", "cpu")
 
@@ -71,10 +72,6 @@ def lock_holder(run_dir: Path) -> str:
         return (run_dir / ".lock").read_text().strip()
     except OSError:
         return ""
-
-
-def clean(result) -> bool:
-    return "Traceback" not in result.err and "Traceback" not in result.out
 
 
 # --- (a) two trainings into one run directory ---------------------------------------------------------

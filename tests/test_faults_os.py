@@ -13,17 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import RECIPES, REPO, run_subprocess
+from faults import refused
 
 LONG = "a" * 300  # past NAME_MAX (255) on every common file system
-
-
-def refused(result, *words):
-    """Exit 2, no traceback, and each word in stderr; returns stderr's lines."""
-    assert result.code == 2, (result.code, result.err[-2000:])
-    assert "Traceback" not in result.err + result.out, result.err[-3000:]
-    for word in words:
-        assert word in result.err, (word, result.err[-2000:])
-    return result.err.strip().splitlines()
 
 
 def names_the_path_and_the_fix(lines: list[str], path=None) -> None:
@@ -38,18 +30,6 @@ def no_debris(*directories: Path) -> None:
     for directory in directories:
         left = [p for p in Path(directory).rglob(".*.tmp")]
         assert not left, f"temporary files left behind: {left}"
-
-
-@pytest.fixture(scope="module")
-def export_run(tmp_path_factory) -> Path:
-    """A GPT-2-shaped run (biases on), two steps: small, but one that `llmkit export` writes."""
-    from llmkit.config import load_recipe
-    from llmkit.training.trainer import train
-
-    root = tmp_path_factory.mktemp("export_run")
-    return train(load_recipe(RECIPES / "debug.yaml", [
-        f"out_dir={root / 'run'}", f"data.root={root / 'data'}", "model.bias=true", "train.max_steps=2",
-        "train.eval_interval=2", "train.eval_steps=1", "train.sample_tokens=0", "train.device=cpu"]))
 
 
 @pytest.fixture

@@ -6,13 +6,10 @@ reading (or echoing) the whole thing."""
 from __future__ import annotations
 
 import builtins
-import contextlib
 import http.server
 import io
 import json
-import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,38 +18,9 @@ from llmkit.errors import LlmkitError
 from llmkit.tasks.scoring import Judge
 
 from conftest import RECIPES, run_subprocess
+from faults import refused, within
 
 SHORT = 2000  # characters: an error message longer than this buries its point
-
-
-def refused(result, *words):
-    """Exit 2, no traceback, and each word in stderr; returns stderr's lines."""
-    assert result.code == 2, (result.code, result.err[-2000:])
-    assert "Traceback" not in result.err + result.out, result.err[-3000:]
-    for word in words:
-        assert word in result.err, (word, result.err[-2000:])
-    return result.err.strip().splitlines()
-
-
-class Hung(BaseException):  # not an Exception (nor an OSError): nothing in llmkit can swallow it
-    pass
-
-
-@contextlib.contextmanager
-def within(seconds: float):
-    """Fail if the block takes longer than `seconds`; interrupt it if it hangs."""
-    def alarm(signum, frame):
-        raise Hung(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-    assert time.monotonic() - start < seconds
 
 
 def alias_bomb(levels: int = 9, width: int = 9) -> str:

@@ -14,19 +14,7 @@ from llmkit.errors import LlmkitError
 from llmkit.tasks.scoring import parse_score
 
 from conftest import RECIPES
-
-
-def refused(result, *words):
-    """Exit 2, no traceback, and each word in stderr; returns stderr's lines."""
-    assert result.code == 2, (result.code, result.err[-2000:])
-    assert "Traceback" not in result.err + result.out, result.err[-3000:]
-    for word in words:
-        assert word in result.err, (word, result.err[-2000:])
-    return result.err.strip().splitlines()
-
-
-def nothing_built(workdir: Path) -> None:
-    assert not (workdir / "runs").exists() and not (workdir / "data").exists(), list(workdir.iterdir())
+from faults import nothing_built, refused
 
 
 @pytest.mark.parametrize("text", [
@@ -109,18 +97,6 @@ def said(result, option: str) -> bool:
                          ids=["top-p", "min-p", "repetition-penalty"])
 def test_sampling_options_with_beam_search(option, debug_run, workdir, cli):
     assert said(cli("generate", debug_run, "-p", "x", "-n", "3", "--beam", "2", *option), option[0])
-
-
-@pytest.fixture(scope="module")
-def export_run(tmp_path_factory) -> Path:
-    """A GPT-2-shaped run (biases on), two steps: small, but one that `llmkit export` writes."""
-    from llmkit.config import load_recipe
-    from llmkit.training.trainer import train
-
-    root = tmp_path_factory.mktemp("silent_export_run")
-    return train(load_recipe(RECIPES / "debug.yaml", [
-        f"out_dir={root / 'run'}", f"data.root={root / 'data'}", "model.bias=true", "train.max_steps=2",
-        "train.eval_interval=2", "train.eval_steps=1", "train.sample_tokens=0", "train.device=cpu"]))
 
 
 @pytest.mark.parametrize("kind", ["q8_0", "bogus"])
