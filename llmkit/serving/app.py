@@ -91,28 +91,45 @@ class Jobs:
 
     async def events(self, gone: Callable | None = None) -> AsyncIterator[Text | Finished]:
         """Text and Finished events until every job is done; Done adds to the usage. `gone`
-        (an async () -> bool) is asked every second whether the client disconnected."""
+        (an async () -> bool) is asked every second whether the client disconnected. Pieces of
+        text that are already waiting for the same choice go out as one: when the server falls
+        behind (many rows, a fast model), a chunk carries several tokens instead of each token
+        paying for its own event."""
         left = len(self.jobs)
         while left:
             try:
-                index, event = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                waiting = [await asyncio.wait_for(self.queue.get(), timeout=1.0)]
             except TimeoutError:
                 if gone is not None and await gone():
                     self.cancel()
                     return
                 continue
-            if isinstance(event, Failed):
-                if event.shutdown:
-                    raise ApiError(503, event.message, "server_error", "shutting_down")
-                raise ApiError(500, event.message, "server_error")
-            if isinstance(event, Done):
-                left -= 1
-                self.prompt_tokens += event.prompt_tokens
-                self.completion_tokens += event.completion_tokens
-            elif isinstance(event, Text):
-                yield Text(index * self.n + event.choice, event.text)
-            else:
-                yield Finished(index * self.n + event.choice, event.reason, event.tokens)
+            while not self.queue.empty():
+                waiting.append(self.queue.get_nowait())
+            text: Text | None = None  # text held back, to be joined by the next piece of its choice
+            for index, event in waiting:
+                if isinstance(event, Failed):
+                    if event.shutdown:
+                        raise ApiError(503, event.message, "server_error", "shutting_down")
+                    raise ApiError(500, event.message, "server_error")
+                if isinstance(event, Done):
+                    left -= 1
+                    self.prompt_tokens += event.prompt_tokens
+                    self.completion_tokens += event.completion_tokens
+                    continue
+                choice = index * self.n + event.choice
+                if isinstance(event, Text) and text is not None and text.choice == choice:
+                    text = Text(choice, text.text + event.text)
+                    continue
+                if text is not None:
+                    yield text
+                    text = None
+                if isinstance(event, Text):
+                    text = Text(choice, event.text)
+                else:
+                    yield Finished(choice, event.reason, event.tokens)
+            if text is not None:
+                yield text
 
     def usage(self) -> dict:
         return usage(self.prompt_tokens, self.completion_tokens)
