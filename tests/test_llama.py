@@ -310,3 +310,29 @@ def test_every_tensor_type_dequantizes_as_transformers_does(kind, tmp_path, monk
     torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     if kind in ("F32", "F16", "BF16", "Q8_0"):  # close to the unquantized model, too
         assert (a - reference(ids).logits).abs().max() < 0.1 * reference(ids).logits.abs().max()
+
+
+def test_a_hub_name_is_fetched_with_huggingface_hub_then_loaded(llama_dir, monkeypatch):
+    """`hf:REPO` asks the hub for the repository's files, fetches the ones a model needs, and loads
+    them like a local directory (the hub faked here: no network in tests)."""
+    import os
+
+    import huggingface_hub
+
+    from llmkit.loading import load_model
+
+    directory, _ = llama_dir
+    asked = {}
+
+    def snapshot_download(repo, allow_patterns):
+        asked["repo"], asked["patterns"] = repo, allow_patterns
+        return str(directory)
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda repo: os.listdir(directory) + ["README.md"])
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    hub, local = load_model("hf:someone/tiny-llama"), load_model(directory)
+    assert asked["repo"] == "someone/tiny-llama" and "model.safetensors" in asked["patterns"]
+    assert "README.md" not in asked["patterns"]
+    ids = ids_of(local)
+    with torch.no_grad():
+        torch.testing.assert_close(hub.model(ids), local.model(ids))
