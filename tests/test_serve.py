@@ -429,3 +429,17 @@ def test_the_judge_loop_finetune_scored_by_a_served_model(model_dir, cli, workdi
         assert served.log.read_text().count("POST /v1/chat/completions") == len(records) + 1
     finally:
         assert served.stop() == 0
+
+
+def test_a_chat_request_to_a_model_without_a_template_is_a_400(debug_run):
+    from llmkit.loading import load_model
+    from llmkit.serving.app import ApiError, Limits, Server
+    from llmkit.serving.protocol import ChatBody
+
+    server = Server(load_model(debug_run), "debug", None, Limits(), None)  # no batcher: refused before it
+    body = ChatBody(model="debug", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(ApiError) as refused:
+        server.chat_prompt(body)
+    message = refused.value.body["error"]["message"]
+    assert refused.value.status == 400 and "the model 'debug' has no chat template" in message
+    assert "POST /v1/completions" in message and refused.value.body["error"]["param"] == "messages"

@@ -88,10 +88,8 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
                                 for b in range(tokens.shape[0])])
         else:
             logits = model(tokens[:, -block:])[:, -1]
-        if vocab_size is not None and vocab_size < logits.shape[-1]:
-            logits[:, vocab_size:] = float("-inf")
         previous = _unpadded_history(tokens, pad) if sampling.repetition_penalty != 1.0 else None
-        token = next_token(logits, sampling, generator, previous)  # (B, 1)
+        token = next_token(logits, sampling, generator, previous, vocab_size)  # (B, 1)
         token = token.masked_fill(full[:, None], 0)  # a full row is fed a placeholder, never read
         tokens = torch.cat([tokens, token], dim=1)
         yield token[:, 0].masked_fill(full, CONTEXT_FULL)

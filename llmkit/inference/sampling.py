@@ -71,8 +71,11 @@ def filter_logits(logits: torch.Tensor, s: Sampling) -> torch.Tensor:
 
 
 def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None,
-               previous: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) chosen ids."""
+               previous: torch.Tensor | None = None, vocab_size: int | None = None) -> torch.Tensor:
+    """(B, V) logits -> (B, 1) chosen ids. `vocab_size` masks (in place) the ids the tokenizer
+    cannot decode: a model's vocabulary may be padded beyond the tokenizer's."""
+    if vocab_size is not None and vocab_size < logits.shape[-1]:
+        logits[:, vocab_size:] = float("-inf")
     if previous is not None:
         logits = penalize_repeats(logits, previous, s.repetition_penalty)
     if s.temperature == 0:

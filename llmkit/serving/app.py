@@ -154,13 +154,14 @@ class Server:
                            code="invalid_api_key")
 
     def chat_prompt(self, body: ChatBody) -> str:
-        from llmkit.inference.chat import render, special_tokens
+        from llmkit.inference.chat import chat_template_of, render, special_tokens
 
         tokenizer = self.lm.tokenizer
-        template = getattr(tokenizer, "chat_template", None)
-        if not template:
-            raise ApiError(400, f"the model '{self.name}' has no chat template (it was not trained to chat): "
-                           "continue text with POST /v1/completions instead", param="messages")
+        try:
+            template = chat_template_of(tokenizer, f"the model '{self.name}'")
+        except LlmkitError as e:
+            raise ApiError(400, f"{e.message}: continue text with POST /v1/completions instead",
+                           param="messages") from None
         try:
             return render(template, [m.as_dict() for m in body.messages], True, **special_tokens(tokenizer))
         except LlmkitError as e:

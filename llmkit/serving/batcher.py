@@ -308,11 +308,8 @@ class Batcher:
     def _take(self, running: _Running, logits: torch.Tensor) -> None:
         """Choose a job's next ids from its rows' (n, V) logits, and report the text they make."""
         r = running.job.request
-        vocab = self.tokenizer.vocab_size
-        if vocab < logits.shape[-1]:
-            logits[:, vocab:] = float("-inf")  # ids the tokenizer cannot decode (a padded vocabulary)
         previous = running.history if r.sampling.repetition_penalty != 1.0 else None
-        tokens = next_token(logits, r.sampling, running.generator, previous)  # (n, 1)
+        tokens = next_token(logits, r.sampling, running.generator, previous, self.tokenizer.vocab_size)  # (n, 1)
         running.history = torch.cat([running.history, tokens], dim=1)
         running.left -= 1
         for i, token in enumerate(tokens[:, 0].tolist()):
