@@ -68,6 +68,13 @@ class DataConfig:
     # How training windows are drawn: random (uniform offsets, nanoGPT) or epoch (every window of
     # block_size + 1 ids once, in a random order, before any repeats).
     sampler: Literal["random", "epoch"] = "random"
+    # Instruction tuning: how an entry becomes a prompt (llmkit/tasks/prompts.py). alpaca: the
+    # Alpaca text format; chat: the model's own chat template; auto: chat if it has one.
+    prompt_format: Literal["auto", "alpaca", "chat"] = "auto"
+    # Tasks with texts of different lengths (spam, instruct): each training batch is batch_size
+    # neighbours in length among batch_size x bucket random examples, so less of it is padding
+    # (llmkit/data/batches.py, pick_examples); 1: a plain random batch.
+    bucket: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -82,7 +89,9 @@ class DataConfig:
             problems.append(f"shard_tokens: must be at least 1, got {self.shard_tokens}")
         # A BPE trainer holds every token of the vocabulary in memory: past about a million, more
         # than any model uses (GPT-4o has 200K), it is a typo that would exhaust the machine.
-        at_most(problems, self, {"vocab_size": 1 << 20, "shard_tokens": 1 << 40})
+        if self.bucket < 1:
+            problems.append(f"bucket: must be at least 1, got {self.bucket}")
+        at_most(problems, self, {"vocab_size": 1 << 20, "shard_tokens": 1 << 40, "bucket": 1 << 16})
         if (self.source == "numbers") != (self.tokenizer == "words"):
             problems.append("tokenizer: the numbers source goes with the words tokenizer, and only it "
                             f"(source {self.source!r}, tokenizer {self.tokenizer!r})")

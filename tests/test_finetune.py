@@ -107,20 +107,20 @@ def test_the_loss_ignores_prompt_and_padding_tokens():
     from llmkit.tasks.instruct import Instruct
 
     # Two examples: 5 ids with a 2-id prompt, 3 ids with a 2-id prompt; padded with id 0.
-    x, y = collate([(np.array([5, 6, 7, 8, 9]), 2), (np.array([1, 2, 3]), 2)], pad=0)
-    assert x.tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]]
+    x, y, lengths = collate([(np.array([5, 6, 7, 8, 9]), 2), (np.array([1, 2, 3]), 2)], pad=0)
+    assert x.tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]] and lengths.tolist() == [4, 2]
     assert y.tolist() == [[IGNORE, 7, 8, 9], [IGNORE, 3, IGNORE, IGNORE]]
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 10)
     by_hand = -sum(torch.log_softmax(logits[b, t], -1)[target] for b, t, target in
                    [(0, 1, 7), (0, 2, 8), (0, 3, 9), (1, 1, 3)])
     task = Instruct.__new__(Instruct)  # only loss() and count(), which need no data
-    loss = task.loss(lambda ids: logits.clone(), (x, y))
+    loss = task.loss(lambda ids: logits.clone(), (x, y, lengths))
     torch.testing.assert_close(loss, by_hand)
-    assert task.count((x, y)) == 4
+    assert task.count((x, y, lengths)) == 4 and task.tokens((x, y, lengths)) == 6
     changed = logits.clone()
     changed[0, 0], changed[1, 2:] = 100.0, -100.0  # positions whose targets are prompt or padding
-    torch.testing.assert_close(task.loss(lambda ids: changed.clone(), (x, y)), by_hand)
+    torch.testing.assert_close(task.loss(lambda ids: changed.clone(), (x, y, lengths)), by_hand)
 
 
 def test_finetune_instruct_learns_and_writes_scored_answers(workdir, cli):

@@ -23,6 +23,10 @@ def finetune(
     mode: Annotated[str, typer.Option(
         help="What trains: all weights; the last block, final norm and head (last_block); or LoRA "
         "adapters (lora; set train.lora.rank=... train.lora.modules=...).")] = "all",
+    prompt_format: Annotated[Optional[str], typer.Option(
+        help="instruct: how entries become prompts: chat (the model's own chat template), alpaca (the "
+        "Alpaca text format) or auto (chat if the model has a template). Same as data.prompt_format=...",
+        show_default=False)] = None,
     device: Device = None,
     overwrite: Overwrite = False,
     judge_url: JudgeUrl = None,
@@ -33,16 +37,20 @@ def finetune(
     --json: the test report as one JSON line, the run directory in it as "run").
 
     spam: a classifier on the SMS Spam Collection, balanced and split as LLMs-from-scratch does
-    (recipes/spam.yaml). instruct: instruction following on 1,100 entries in the Alpaca format
-    (recipes/instruct.yaml); the test answers go to RUN/test_responses.json with their scores.
+    (recipes/spam.yaml). instruct: instruction following on 1,100 entries, in the base model's chat
+    template or the Alpaca format (recipes/instruct.yaml); the test answers go to
+    RUN/test_responses.json with their scores.
     Examples: llmkit finetune spam | llmkit finetune spam --base runs/wikitext2_bpe --mode lora
     | llmkit finetune instruct --base runs/wikitext2_bpe train.max_steps=200
     """
     from llmkit.console import say
     from llmkit.training.finetune import finetune as run_finetune
 
+    if prompt_format is not None and task != "instruct":
+        raise LlmkitError(f"--prompt-format shapes instruction prompts; {task} has none")
     judge = make_judge(judge_url, judge_model)
-    run, report = run_finetune(task, base, mode, overrides or [], device, overwrite, judge)
+    overrides = [*(overrides or []), *([f"data.prompt_format={prompt_format}"] if prompt_format else [])]
+    run, report = run_finetune(task, base, mode, overrides, device, overwrite, judge)
     for line in report.summary():
         say(line)
     print(json.dumps({"run": str(run), **report}) if as_json else run)

@@ -1,4 +1,6 @@
-"""Batches for language modelling: windows of T+1 ids, inputs x = ids[:-1], targets y = ids[1:]."""
+"""Batches for language modelling: windows of T+1 ids, inputs x = ids[:-1], targets y = ids[1:].
+And for tasks whose examples differ in length (classification, instructions), which examples
+make up a batch (`pick_examples`)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,24 @@ def random_batch(stream: TokenStream, batch_size: int, block_size: int,
     starts = torch.randint(len(stream) - block_size, (batch_size,), generator=generator)
     windows = torch.from_numpy(stream.windows(starts.numpy(), block_size + 1))  # (B, T + 1)
     return windows[:, :-1], windows[:, 1:]
+
+
+def pick_examples(lengths: np.ndarray, batch_size: int, bucket: int, generator: torch.Generator) -> list[int]:
+    """Indices of a training batch of examples with these lengths, each example as likely as any.
+
+    A batch is padded to its longest example, so a random batch of short and long texts is mostly
+    padding. With `bucket` > 1, batch_size x bucket examples are drawn at random, sorted by length,
+    and one run of batch_size neighbours among them is taken, chosen at random: every example is
+    still equally likely, but the batch holds texts of similar length (for spam messages, padding
+    falls from about half the batch to a tenth). bucket = 1 is a plain random batch. The price:
+    a batch's examples are more alike than chance (long SMS are mostly spam), which the
+    measurements in docs/benchmarks.md weigh."""
+    pool = torch.randint(len(lengths), (batch_size * bucket,), generator=generator)
+    if bucket == 1:
+        return pool.tolist()
+    ordered = pool[torch.from_numpy(np.argsort(lengths[pool.numpy()], kind="stable"))]
+    first = int(torch.randint(bucket, (1,), generator=generator)) * batch_size
+    return ordered[first : first + batch_size].tolist()
 
 
 def sequential_batches(stream: TokenStream, block_size: int, batch_size: int):

@@ -76,11 +76,13 @@ class Attention(nn.Module):
         self.weights: torch.Tensor | None = None  # (B, H, T, S) of the last call, explicit mode only
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                key_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+                key_mask: torch.Tensor | None = None, cache: LayerCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) gives the queries; context (B, S, C) the keys and values (x itself when None);
         key_mask (B, S) is True at real tokens, False at padding. With a `cache` (generation), x
         holds only the new positions: their keys and values join the cached ones, which the
-        queries then attend over, and the cache supplies the positions and the padding mask."""
+        queries then attend over, and the cache supplies the positions and the padding mask.
+        `positions` (B, T): x's positions without a cache, for left-padded rows (rotary only)."""
         B, T, _ = x.shape
         source = x if context is None else context
         S = source.shape[1]
@@ -88,7 +90,7 @@ class Attention(nn.Module):
         k, v = self.kv(source).view(B, S, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, K, S, D) each
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        positions = None if cache is None else cache.positions
+        positions = positions if cache is None else cache.positions
         if self.rope is not None:
             q, k = self.rope(q, positions), self.rope(k, positions)
         if cache is not None:

@@ -34,24 +34,26 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                context_mask: torch.Tensor | None = None, cache: LayerCache | None = None) -> torch.Tensor:
+                context_mask: torch.Tensor | None = None, cache: LayerCache | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, C) -> (B, T, C); mask (B, T) marks x's real tokens, context (B, S, C) and
         context_mask (B, S) are the encoder's output and its real tokens; `cache` holds this
-        layer's keys and values of earlier positions (generation, llmkit/layers/kv_cache.py)."""
-        x = x + self.attn(self.norm_1(x), key_mask=mask, cache=cache)
+        layer's keys and values of earlier positions (generation, llmkit/layers/kv_cache.py);
+        `positions` (B, T) those of x's tokens when rows are left-padded (default 0 .. T - 1)."""
+        x = x + self.attn(self.norm_1(x), key_mask=mask, cache=cache, positions=positions)
         if context is not None:
             x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return x + self.mlp(self.norm_2(x))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, *args) -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpointing: bool, *args, **kwargs) -> torch.Tensor:
     """Apply the blocks in order. With `checkpointing` (train.grad_checkpointing), each block's
     inner activations are not kept for backward but recomputed from its input when needed: memory
     for activations falls from every sublayer's to one tensor per block, for about a third more
     compute."""
     for block in blocks:
         if checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, *args, use_reentrant=False)
+            x = checkpoint(block, x, *args, use_reentrant=False, **kwargs)
         else:
-            x = block(x, *args)
+            x = block(x, *args, **kwargs)
     return x

@@ -26,10 +26,11 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(config.n_embd, config.n_classes)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """mask (B, T) is True at real tokens; sequences are right-padded."""
+        """mask (B, T) is True at real tokens; rows may be padded on the right or on the left."""
         if not self.base.causal:
             return self.head(self.base.pool(idx, mask))  # (B, C): the mean over real tokens
         h = self.base.hidden(idx, mask)  # (B, T, C)
         B, T = idx.shape
-        last = mask.sum(dim=1) - 1 if mask is not None else torch.full((B,), T - 1, device=idx.device)
+        # The last real token of each row: where the running count of real tokens first peaks.
+        last = mask.long().cumsum(dim=1).argmax(dim=1) if mask is not None else torch.full((B,), T - 1, device=idx.device)
         return self.head(h[torch.arange(B, device=h.device), last])

@@ -19,6 +19,15 @@ from llmkit.layers.kv_cache import KVCache
 from llmkit.layers.norms import make_norm
 
 
+def real_positions(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) positions counted from each row's first real token when some row is left-padded,
+    so that a text reads the same with padding before it as after it; None (0 .. T - 1 for every
+    row) when no row is. Padding columns get position 0: no real token attends to them."""
+    if mask is None or bool(mask[:, 0].all()):
+        return None
+    return (mask.long().cumsum(dim=1) - 1).clamp_min(0)
+
+
 class SingleBlockTransformer(nn.Module):
     causal = True
 
@@ -36,7 +45,9 @@ class SingleBlockTransformer(nn.Module):
         """(B, T) ids -> (B, T, C) final hidden states; mask (B, T) is True at real tokens. With a
         `cache`, idx are the next T columns after those cached (llmkit/layers/kv_cache.py)."""
         if cache is None:
-            return self.norm_f(run_blocks(self.blocks, self.embed(idx), self.grad_checkpointing, mask))
+            positions = real_positions(mask)
+            x = self.embed(idx, positions)
+            return self.norm_f(run_blocks(self.blocks, x, self.grad_checkpointing, mask, positions=positions))
         x = self.embed(idx, cache.begin(idx.shape[1]))
         for block, layer in zip(self.blocks, cache.layers):
             x = block(x, cache=layer)

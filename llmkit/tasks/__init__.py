@@ -59,6 +59,9 @@ class Task(Protocol):
     def count(self, batch: Batch) -> int:
         """How many targets the batch's loss sums over."""
 
+    def tokens(self, batch: Batch) -> int:
+        """How many real input tokens the batch holds, padding not counted (the trainer's tokens/s)."""
+
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device, **options) -> dict: ...
 
     def sample(self, model: nn.Module, device: torch.device, generator: torch.Generator, length: int) -> str: ...

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from llmkit.config import Recipe
+from llmkit.data.batches import pick_examples
 from llmkit.data.tokenizer import Tokenizer, identity, make_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.cross_entropy import cross_entropy
@@ -98,7 +99,8 @@ class Classification:
         if data.source != "spam":
             raise LlmkitError(f"classification data must be spam (the SMS Spam Collection), got {data.source!r}")
         self.splits = balanced_splits(read_spam(ensure_downloaded("spam", data.root) / "SMSSpamCollection"))
-        self.block_size = recipe.model.block_size
+        self.block_size, self.bucket = recipe.model.block_size, data.bucket
+        self._train_lengths: np.ndarray | None = None  # tokens per training text, for bucketing
         if tokenizer is None:  # from scratch: one learned from the training texts
             if data.tokenizer not in ("bpe", "gpt2"):  # byte-level: a classifier must take any text
                 raise LlmkitError(f"a classifier needs a byte-level tokenizer (bpe or gpt2), not {data.tokenizer}",
@@ -122,7 +124,12 @@ class Classification:
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         rows = self.splits[split]
-        picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        if training and self.bucket > 1:
+            if self._train_lengths is None:
+                self._train_lengths = np.array([len(self.tokenizer.encode(t)) for t, _ in rows])
+            picked = pick_examples(self._train_lengths, batch_size, self.bucket, generator)
+        else:
+            picked = pick_examples(np.zeros(len(rows)), batch_size, 1, generator)
         x, mask = self.encode([rows[i][0] for i in picked])
         return x, mask, torch.tensor([rows[i][1] for i in picked])
 
@@ -132,6 +139,9 @@ class Classification:
 
     def count(self, batch) -> int:
         return len(batch[2])
+
+    def tokens(self, batch) -> int:
+        return int(batch[1].sum())
 
     def probabilities(self, model: nn.Module, texts: list[str], device: torch.device,
                       batch_size: int = 64) -> torch.Tensor:

@@ -3,26 +3,14 @@
 Data: instruction-data.json, 1,100 {instruction, input, output} entries, split in file order as
 LLMs-from-scratch does: the first 85% train (935), the next 10% test (110), the last 5% val (55).
 
-Each entry becomes one text in the Alpaca format,
-
-    Below is an instruction that describes a task. Write a response that appropriately completes the request.
-
-    ### Instruction:
-    {instruction}
-
-    ### Input:            <- only when the entry has an input
-    {input}
-
-    ### Response:
-    {output}<|endoftext|>
-
-and the model is trained on it as a language model, except that only the response (and the
-<|endoftext|> that ends it) is scored: targets inside the prompt are IGNORE, so the loss teaches
-answering, not retelling instructions. A batch is padded only to its longest example; padding
-targets are IGNORE as well.
+Each entry becomes one text, a prompt and its response, in the Alpaca format or in the model's
+own chat template (data.prompt_format, llmkit/tasks/prompts.py), and the model is trained on it as
+a language model, except that only the response (and the end token that closes it) is scored:
+targets inside the prompt are IGNORE, so the loss teaches answering, not retelling instructions.
+A batch is padded only to its longest example; padding targets are IGNORE as well.
 
 Measured: the loss over a split's response tokens, and on the test split the model's own answers
-(greedy, stopping at <|endoftext|>), saved as JSON and scored against the references by exact
+(greedy, in the same format, stopping at the end token), saved as JSON and scored against the references by exact
 match and ROUGE-L (llmkit/tasks/scoring.py), optionally by a judge model.
 """
 
@@ -36,10 +24,11 @@ import torch
 from torch import nn
 
 from llmkit.config import Recipe
+from llmkit.data.batches import pick_examples
 from llmkit.data.tokenizer import Tokenizer, identity, make_tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.cross_entropy import IGNORE, cross_entropy
-from llmkit.tasks.prompts import format_prompt
+from llmkit.tasks.prompts import PromptFormat, format_prompt
 
 FIELDS = ("instruction", "input", "output")
 
@@ -65,26 +54,27 @@ def split_entries(entries: list[dict]) -> dict[str, list[dict]]:
     return {"train": entries[:train_end], "val": entries[test_end:], "test": entries[train_end:test_end]}
 
 
-def encode_example(tokenizer: Tokenizer, entry: dict, eot: int, block_size: int) -> tuple[np.ndarray, int]:
-    """(ids of prompt + response + EOT, cut to block_size + 1; how many of them are prompt)."""
-    prompt = tokenizer.encode(format_prompt(entry))
-    response = tokenizer.encode(entry["output"])
-    ids = np.concatenate([prompt, response, [eot]]).astype(np.int64)[: block_size + 1]
+def encode_example(form: PromptFormat, entry: dict, block_size: int) -> tuple[np.ndarray, int]:
+    """(ids of prompt + response + end token, cut to block_size + 1; how many of them are prompt)."""
+    prompt = form.tokenizer.encode(form.prompt(entry))
+    ids = np.concatenate([prompt, form.response_ids(entry)]).astype(np.int64)[: block_size + 1]
     return ids, len(prompt)
 
 
-def collate(examples: list[tuple[np.ndarray, int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs (B, T) and targets (B, T), T = the longest example - 1: the targets are the inputs
-    shifted by one, IGNORE wherever the next token is still prompt or is padding."""
+def collate(examples: list[tuple[np.ndarray, int]], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs (B, T), targets (B, T) and each row's real length (B,), T = the longest example - 1:
+    the targets are the inputs shifted by one, IGNORE wherever the next token is still prompt or
+    is padding."""
     T = max(len(ids) for ids, _ in examples) - 1
     x = torch.full((len(examples), T), pad, dtype=torch.long)
     y = torch.full((len(examples), T), IGNORE, dtype=torch.long)
+    lengths = torch.tensor([len(ids) - 1 for ids, _ in examples])
     for row, (ids, prompt) in enumerate(examples):
         ids = torch.from_numpy(ids)
         n = len(ids) - 1
         x[row, :n], y[row, :n] = ids[:-1], ids[1:]
         y[row, : prompt - 1] = IGNORE  # target t is token t + 1: prompt tokens 1 .. prompt-1
-    return x, y
+    return x, y, lengths
 
 
 class Instruct:
@@ -100,14 +90,15 @@ class Instruct:
         if tokenizer is None:  # from scratch: one learned from the training texts
             tokenizer = make_tokenizer(data, [format_prompt(e) + e["output"] for e in self.splits["train"]])
         self.tokenizer = tokenizer
-        self.eot = getattr(self.tokenizer, "eot_id", None)
-        if self.eot is None:
-            raise LlmkitError("instruction tuning needs a tokenizer with <|endoftext|> (bpe or gpt2)")
+        self.format = PromptFormat(data.prompt_format, tokenizer)
+        self.eot = self.format.eot
         self.vocab_size = self.tokenizer.vocab_size
         self.identity = identity(self.tokenizer)
         self.data_info = {"tokens": None, "source": "instruct", "command": "llmkit download instruct"}
-        self.examples = {name: [encode_example(self.tokenizer, e, self.eot, self.block_size) for e in rows]
+        self.examples = {name: [encode_example(self.format, e, self.block_size) for e in rows]
                          for name, rows in self.splits.items()}
+        self.lengths = {name: np.array([len(ids) for ids, _ in rows]) for name, rows in self.examples.items()}
+        self.bucket = data.bucket
         too_long = [name for name, rows in self.examples.items() for ids, prompt in rows if prompt >= len(ids)]
         if too_long:
             raise LlmkitError(f"{len(too_long)} prompts do not fit the context of {self.block_size} tokens, "
@@ -121,24 +112,28 @@ class Instruct:
 
     def describe(self) -> str:
         sizes = ", ".join(f"{len(rows):,} {name}" for name, rows in self.splits.items())
-        return f"data instruct (Alpaca prompts, loss on responses only): {sizes} entries"
+        return f"data instruct ({self.format.name} prompts, loss on responses only): {sizes} entries"
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         rows = self.examples[split]
-        picked = torch.randint(len(rows), (batch_size,), generator=generator).tolist()
+        lengths = self.lengths[split]
+        picked = pick_examples(lengths, batch_size, self.bucket if training else 1, generator)
         return collate([rows[i] for i in picked], self.eot)
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
-        x, y = batch
+        x, y, _ = batch
         return cross_entropy(model(x), y, reduction="sum")
 
     def count(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
 
+    def tokens(self, batch) -> int:
+        return int(batch[2].sum())
+
     @torch.no_grad()
     def answer(self, model: nn.Module, entries: list[dict], max_new_tokens: int = 256, batch_size: int = 16) -> list[str]:
-        """The model's greedy responses to entries' prompts, each ending at <|endoftext|> (or
-        where the context is full), through the generation engine."""
+        """The model's greedy responses to entries' prompts, in the format it was trained with,
+        each ending at the end token (or where the context is full), through the generation engine."""
         from llmkit.inference.generation import Generation, GenerationSettings
         from llmkit.inference.sampling import Sampling
 
@@ -146,7 +141,7 @@ class Instruct:
         settings = GenerationSettings(max_new_tokens, Sampling(temperature=0.0), context="stop")
         answers = []
         for start in range(0, len(entries), batch_size):
-            prompts = [format_prompt(e) for e in entries[start : start + batch_size]]
+            prompts = [self.format.prompt(e) for e in entries[start : start + batch_size]]
             answers += [c.text.strip() for c in Generation(model, self.tokenizer, prompts, settings, seed=0).run()]
         return answers
 

@@ -115,6 +115,9 @@ class LanguageModeling:
     def count(self, batch) -> int:
         return int((batch[1] != -100).sum())
 
+    def tokens(self, batch) -> int:
+        return batch[0].numel()  # windows of the stream: no padding
+
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device,
                  stride: int | None = None) -> dict:
         return evaluate_split(model, self.stream(split), self.tokenizer, self.block_size, batch_size, device,

@@ -65,6 +65,9 @@ class MaskedLM(LanguageModeling):
     def count(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
 
+    def tokens(self, batch) -> int:
+        return batch[0].numel()  # windows of the stream: no padding
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: str, batch_size: int, device: torch.device) -> dict:
         """Masked-token loss and accuracy over every window of the split, with the masks drawn

@@ -134,6 +134,9 @@ class NumbersToWords:
     def count(self, batch) -> int:
         return int((batch[3] != IGNORE).sum())
 
+    def tokens(self, batch) -> int:
+        return int(batch[1].sum()) + self.count(batch)  # real source tokens + real decoder inputs
+
     @torch.no_grad()
     def translate(self, model: nn.Module, numbers: list[int], device: torch.device, beam: int = 1) -> list[str]:
         """Greedy decoding for a batch (beam 1), or beam search one number at a time."""

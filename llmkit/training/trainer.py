@@ -202,7 +202,9 @@ class Trainer:
         ddp = getattr(self.model, "_orig_mod", self.model)
         return ddp.no_sync() if not last and isinstance(ddp, DistributedDataParallel) else contextlib.nullcontext()
 
-    def train_step(self) -> tuple[float, float]:
+    def train_step(self) -> tuple[float, float, int]:
+        """One optimizer step: (mean loss, gradient norm before clipping, real input tokens of
+        the step over all processes, padding not counted)."""
         cfg = self.train_cfg
         lr = learning_rate(self.state.step, cfg)
         for group in self.optimizer.param_groups:
@@ -211,7 +213,8 @@ class Trainer:
         # splits them into micro-batches.
         rows = self.setup.rows(self.task.batch("train", cfg.batch_size, self.sampler, training=True))
         micro_batches = list(zip(*(t.chunk(self.accum_steps) for t in rows)))
-        targets = self.setup.sum(torch.tensor(sum(self.task.count(m) for m in micro_batches), device=self.device))
+        counts = torch.tensor([sum(self.task.count(m) for m in micro_batches), self.task.tokens(rows)], device=self.device)
+        targets, tokens = self.setup.sum(counts)
         # Each micro-batch contributes its summed loss / all targets of the step, so the gradient
         # is exactly the big batch's mean-loss gradient; DDP and FSDP average over processes,
         # hence the factor `world`.
@@ -239,7 +242,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
-        return loss_value, grad_norm
+        return loss_value, grad_norm, int(tokens)
 
     def _stop_agreed(self, requested: bool) -> bool:
         """Under torchrun every process must stop after the same step (a signal reaches them at
@@ -254,7 +257,6 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.train_cfg
-        tokens_per_step = cfg.batch_size * self.recipe.model.block_size
         columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"))
         started, elapsed_before = time.perf_counter(), self.state.elapsed_s
@@ -263,14 +265,14 @@ class Trainer:
             task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step,
                                      loss=math.nan, tps=0)
             # tokens/s is measured over the steps since the last log line or evaluation.
-            window_start, window_steps = time.perf_counter(), 0
+            window_start, window_tokens = time.perf_counter(), 0
             while self.state.step < cfg.max_steps and not stopping:
-                loss, grad_norm = self.train_step()
+                loss, grad_norm, tokens = self.train_step()
                 stopping = self._stop_agreed(stop.requested)
                 now = time.perf_counter()
                 self.state.elapsed_s = elapsed_before + now - started
-                window_steps += 1
-                tokens_per_s = window_steps * tokens_per_step / (now - window_start)
+                window_tokens += tokens
+                tokens_per_s = window_tokens / (now - window_start)
                 progress.update(task, completed=self.state.step, loss=loss, tps=tokens_per_s)
                 step = self.state.step
                 if step % cfg.log_interval == 0:
@@ -280,7 +282,7 @@ class Trainer:
                     if self.flops_per_token:
                         record["mfu"] = round(tokens_per_s * self.flops_per_token / self.flops_per_s_at_peak, 4)
                     self._log(record)
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_tokens = time.perf_counter(), 0
                 if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                     record = self.evaluate()
                     self._log(record)
@@ -294,7 +296,7 @@ class Trainer:
                             f"step {step:>6}: train loss {record['train_loss']:.4f}, val loss "
                             f"{record['val_loss']:.4f}{'  (best)' if best else ''}  [{record['elapsed_s']:.0f} s]",
                             markup=False)
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_tokens = time.perf_counter(), 0
         if stopping and self.state.step < cfg.max_steps:
             self.save()
             raise LlmkitError(f"stopped at step {self.state.step}; {self.run_dir / LATEST} is saved",
@@ -404,7 +406,7 @@ def _train_locked(recipe: Recipe, resume: bool, setup: Distributed, base: Loaded
     micro = f" ({trainer.accum_steps} micro-batches)" if trainer.accum_steps > 1 else ""
     procs = f" over {setup.world} processes ({setup.kind})" if setup.enabled else ""
     say(f"{'resuming at step ' + str(trainer.state.step) + ' of' if resume else 'training for'} "
-        f"{t.max_steps} steps of {t.batch_size} x {m.block_size} tokens{micro} on {device}{procs}, "
+        f"{t.max_steps} steps of {t.batch_size} sequences of at most {m.block_size} tokens{micro} on {device}{procs}, "
         f"{t.precision}; run directory {recipe.run_dir}")
     trainer.fit()
     state = trainer.state
