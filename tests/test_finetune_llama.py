@@ -26,7 +26,9 @@ from llmkit.tasks.prompts import PromptFormat  # noqa: E402
 
 from tiny_llama import TEMPLATE, tiny_llama  # noqa: E402 (after the importorskip)
 
-SMOLLM2 = Path(os.environ.get("LLMKIT_DATA_MIRROR", "../shared/data")) / "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Absolute: the tests change directory.
+SMOLLM2 = (Path(os.environ.get("LLMKIT_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+           / "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf").resolve()
 SHORT = ("train.max_steps=3", "train.eval_interval=3", "train.eval_steps=1", "train.batch_size=4", "--device", "cpu")
 ENTRY = {"instruction": "Rewrite the sentence in the past tense.", "input": "He goes home.", "output": "He went home."}
 
