@@ -14,7 +14,8 @@ tensors:
     data                {"tokens": shard directory or None, "command": how to rebuild the data, ...}
     lora                the LoRAConfig of the adapters inside `model`, or None
     origin              where the weights came from: {"kind": trained|finetuned|imported, "from": ...}
-    step, best_val_loss, elapsed_s   the run's progress
+    step, best_val_loss, elapsed_s, train_s, tokens   the run's progress (train_s: seconds of
+                        training steps; tokens: real input tokens trained on)
     optimizer, scaler, rng, task     latest.pt only: what an exact resume needs
 
 `weights_only=True` means loading never runs code from the file: only tensors and plain
@@ -118,6 +119,8 @@ class RunState:
     step: int = 0  # optimizer updates done
     best_val_loss: float = math.inf
     elapsed_s: float = 0.0  # wall time spent in this run, over all its resumptions
+    train_s: float = 0.0  # of which training steps (not evaluations or checkpoints): what max_time spends
+    tokens: int = 0  # real input tokens trained on (padding not counted), over all processes
 
 
 @dataclass
@@ -174,7 +177,9 @@ class Checkpoint:
             if raw.get("tokenizer_identity") not in (None, identity(tokenizer)):  # its hash, saved beside it
                 raise LlmkitError(f"{where} is damaged: its tokenizer does not match the identity saved with it",
                                   hint="use the run's other checkpoint (--checkpoint latest or best), or train again")
-            state = RunState(raw.get("step", 0), raw.get("best_val_loss", math.inf), raw.get("elapsed_s", 0.0))
+            # Before train_s was saved, the wall time is the nearest there is.
+            state = RunState(raw.get("step", 0), raw.get("best_val_loss", math.inf), raw.get("elapsed_s", 0.0),
+                             raw.get("train_s", raw.get("elapsed_s", 0.0)), raw.get("tokens", 0))
             resume = {k: raw[k] for k in RESUME_KEYS if k in raw} or None
             return cls(config, raw["model"], tokenizer, recipe, raw.get("data") or {"tokens": None, "command": None},
                        lora, raw.get("origin") or {"kind": "trained", "from": None}, state, resume, path)

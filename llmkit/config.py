@@ -209,13 +209,29 @@ class TrainConfig:
     # micro-batches are accumulated into one step. None: the whole batch at once.
     micro_batch_size: int | None = None
     max_steps: int = 2000
+    # A time budget in seconds of training (the clock stops for evaluations and checkpoints): the
+    # run ends at the first step past it, or at max_steps if that comes first, and the cosine
+    # decay follows the fraction of the budget used. None: no budget, max_steps alone.
+    max_time: float | None = None
     lr: float = 1e-3  # peak learning rate, reached after warmup
-    min_lr: float = 1e-4  # cosine decay ends here at max_steps
+    min_lr: float = 1e-4  # cosine decay ends here, at max_steps or max_time
     warmup_steps: int = 100
     weight_decay: float = 0.1  # on weight matrices and embeddings, not on biases or norm gains
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    # adamw: AdamW for every weight. muon: torch.optim.Muon (momentum, then the update made
+    # orthogonal by Newton-Schulz iterations) for the 2-D matrices inside the transformer blocks,
+    # and AdamW (lr, weight_decay, beta1, beta2) for the rest: embeddings, head, norms, biases.
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr: float = 0.02  # Muon's peak rate; the schedule scales it by the same factor as lr
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_weight_decay: float = 0.0  # decoupled, times the rate (none, as in the speedruns)
+    # Muon's update size per matrix shape (out x in): original, Keller Jordan's sqrt(max(1, out/in));
+    # match_rms_adamw, Moonshot's 0.2 sqrt(max(out, in)), an update as large as AdamW's, so that
+    # AdamW's lr and weight decay carry over.
+    muon_lr_adjust: Literal["original", "match_rms_adamw"] = "original"
     eval_interval: int = 250  # steps between evaluations and checkpoints
     eval_steps: int = 20  # batches per split in each periodic evaluation
     log_interval: int = 10  # steps between lines in metrics.jsonl
@@ -246,20 +262,25 @@ class TrainConfig:
         for name in ("batch_size", "max_steps", "eval_interval", "eval_steps", "log_interval"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be at least 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "min_lr"):
+        for name in ("warmup_steps", "weight_decay", "grad_clip", "sample_tokens", "min_lr", "muon_weight_decay"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must not be negative, got {getattr(self, name)}")
         if self.lr <= 0:
             problems.append(f"lr: must be positive, got {self.lr}")
         elif self.min_lr > self.lr:
             problems.append(f"min_lr: {self.min_lr} is above lr={self.lr}")
-        for name in ("beta1", "beta2"):
+        if self.muon_lr <= 0:
+            problems.append(f"muon_lr: must be positive, got {self.muon_lr}")
+        if self.max_time is not None and self.max_time <= 0:
+            problems.append(f"max_time: must be a positive number of seconds (or null for none), got {self.max_time}")
+        for name in ("beta1", "beta2", "muon_momentum"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name}: must be in [0, 1), got {getattr(self, name)}")
         at_most(problems, self, {"batch_size": 1 << 24, "micro_batch_size": 1 << 24, "max_steps": 1 << 40,
                                  "lr": 10.0, "min_lr": 10.0, "warmup_steps": 1 << 40, "weight_decay": 100.0,
                                  "grad_clip": 1e9, "eval_interval": 1 << 40, "eval_steps": 1 << 24,
-                                 "log_interval": 1 << 40, "sample_tokens": 1 << 20})
+                                 "log_interval": 1 << 40, "sample_tokens": 1 << 20,
+                                 "muon_lr": 10.0, "muon_weight_decay": 100.0, "max_time": 1e9})
         if self.seed < 0:
             problems.append(f"seed: must not be negative, got {self.seed}")
         if not DEVICE.match(self.device):
@@ -267,6 +288,12 @@ class TrainConfig:
         if self.finetune != "all" and self.init_from is None:
             problems.append(f"finetune: {self.finetune} freezes pretrained weights, so it needs init_from "
                             "(a trained run to start from)")
+        if self.optimizer == "muon" and self.finetune == "lora":
+            # The adapters are 2-D, but Muon would give every direction of their low-rank update
+            # the same size, and the speedruns' tuning is for full matrices: AdamW is the known
+            # quantity for LoRA, so the recipe says so rather than getting AdamW silently.
+            problems.append("optimizer: muon trains full weight matrices; LoRA adapters train with adamw "
+                            "(set train.optimizer=adamw, or finetune=all / last_block to use muon)")
         _raise_if(problems)
 
 

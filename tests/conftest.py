@@ -106,3 +106,39 @@ def export_run(tmp_path_factory) -> Path:
     return train(load_recipe(RECIPES / "debug.yaml", [
         f"out_dir={root / 'run'}", f"data.root={root / 'data'}", "model.bias=true", "train.max_steps=2",
         "train.eval_interval=2", "train.eval_steps=1", "train.sample_tokens=0", "train.device=cpu"]))
+
+
+# --- training runs, for the tests of training (test_train, test_optimizer, test_time_budget) -------
+
+
+def debug_recipe(tmp_path, *overrides):
+    """The debug recipe, run in tmp_path/run, with no sample at the end."""
+    from llmkit.config import load_recipe
+
+    return load_recipe(RECIPES / "debug.yaml", [f"out_dir={tmp_path / 'run'}", "train.sample_tokens=0",
+                                                *overrides])
+
+
+def losses(run_dir, kind="train"):
+    """(step, loss) of each train record, or (step, val loss) of each eval record."""
+    from llmkit.training.metrics import MetricsLog
+
+    return [(r["step"], r["loss" if kind == "train" else "val_loss"])
+            for r in MetricsLog(run_dir / "metrics.jsonl").read() if r["kind"] == kind]
+
+
+def interrupt_at(monkeypatch, step):
+    """Deliver a real SIGINT to this process once training reaches `step`."""
+    import signal
+
+    from llmkit.training.trainer import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self):
+        result = original(self)
+        if self.state.step == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)

@@ -58,6 +58,15 @@ def test_choice_fields_suggest_the_close_choice():
     assert problem.endswith("did you mean 'gpt'?")
 
 
+def test_optimizer_and_time_budget_keys_are_checked():
+    problems = problems_of({"train": {"optimizer": "adma", "muon_momentum": 1.0, "max_time": -5}})
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("train.optimizer: expected one of 'adamw', 'muon'")
+    assert problems[0].endswith("did you mean 'adamw'?")
+    assert "train.max_time: must be a positive number of seconds (or null for none), got -5.0" in problems
+    assert "train.muon_momentum: must be in [0, 1), got 1.0" in problems
+
+
 def test_all_problems_are_reported_at_once():
     problems = problems_of({
         "modle": {},

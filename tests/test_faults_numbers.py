@@ -32,6 +32,11 @@ RECIPE_CASES = [
     (("train.max_steps=-5",), "train.max_steps"),
     (("train.grad_clip=nan",), "train.grad_clip"),
     (("model.dropout=1.5",), "model.dropout"),
+    (("train.max_time=-1",), "train.max_time"),
+    (("train.max_time=0",), "train.max_time"),
+    (("train.muon_lr=0", "train.optimizer=muon"), "train.muon_lr"),
+    (("train.muon_momentum=1.5", "train.optimizer=muon"), "train.muon_momentum"),
+    (("train.muon_weight_decay=-0.1", "train.optimizer=muon"), "train.muon_weight_decay"),
 ]
 
 

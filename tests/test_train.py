@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 
 import pytest
 import torch
@@ -14,26 +12,15 @@ import torch
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import load_recipe
 from llmkit.errors import LlmkitError
-from llmkit.training.metrics import MetricsLog
-from llmkit.training.trainer import INTERRUPTED, Trainer, train
+from llmkit.training.trainer import INTERRUPTED, train
 
-from conftest import RECIPES
+from conftest import debug_recipe, interrupt_at, losses
 
 # A character model that has learned nothing predicts uniformly: ln(65) = 4.17 nats. Knowing the
 # character frequencies gives 3.35 on the val split (the train split's unigram distribution), and
 # counting character pairs (add-one smoothed bigram) 2.48. A model below 2.45 is therefore using
 # more than the previous character. The debug recipe ends at 2.34-2.39 (seeds 1, 2, 3, 1337).
 DEBUG_VAL_LOSS_BOUND = 2.45
-
-
-def debug_recipe(tmp_path, *overrides):
-    return load_recipe(RECIPES / "debug.yaml", [f"out_dir={tmp_path / 'run'}", "train.sample_tokens=0",
-                                                *overrides])
-
-
-def losses(run_dir, kind="train"):
-    return [(r["step"], r["loss" if kind == "train" else "val_loss"])
-            for r in MetricsLog(run_dir / "metrics.jsonl").read() if r["kind"] == kind]
 
 
 def test_debug_recipe_learns(debug_run):
@@ -49,19 +36,6 @@ def test_run_directory_is_self_describing(debug_run):
     assert "optimizer" in latest and "optimizer" not in best
     assert latest["tokenizer"]["kind"] == "char" and latest["model_config"]["n_layer"] == 2
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in latest["model"])
-
-
-def interrupt_at(monkeypatch, step):
-    """Deliver a real SIGINT to this process once training reaches `step`."""
-    original = Trainer.train_step
-
-    def train_step(self):
-        result = original(self)
-        if self.state.step == step:
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
 def test_sigint_saves_and_resume_equals_an_uninterrupted_run(workdir, monkeypatch):

@@ -3,7 +3,8 @@
 - FLOPs per token, for training: 6 per matmul weight (2 forward, 4 backward: a multiply and an add
   for each input gradient and weight gradient) plus attention's own matmuls, 12 x n_layer x T x C
   (q.k^T and weights.v, forward and backward, over the full context as PaLM's appendix counts).
-- Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each (16 in all);
+- Memory: weights, gradients and AdamW's two moments are 4 bytes per parameter each (16 in all;
+  12 for the matrices Muon takes, which keep one momentum buffer);
   activations are what autograd saves for backward. They are counted exactly by running the model once on fake tensors (shapes and dtypes, no data)
   under the run's autocast. Backward needs room on top of them: while it works through a block,
   that block's activation gradients live beside the saved tensors, so the plan adds one block's
@@ -12,7 +13,7 @@
 - Step time: the FLOPs of a step divided by this device's matmul speed at the model's shapes is a
   floor; small models spend most of their time elsewhere (elementwise kernels, memory traffic,
   operator overhead), so the estimate times one forward and backward pass of a real micro-batch
-  here, multiplies by the accumulation steps and adds a timed clip and AdamW step.
+  here, multiplies by the accumulation steps and adds a timed clip and optimizer step.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _timed(fn, device: torch.device, repeats: int = 5) -> float:
 def time_step(recipe: Recipe, device: torch.device, micro: int, accum: int) -> float:
     """Seconds for one training step, timed on this device with the recipe's model, precision and
     optimizer: `accum` times a forward and backward pass of a micro-batch of random ids, then
-    gradient clipping and the AdamW update (each the fastest of 3, after one warm-up)."""
+    gradient clipping and the optimizer update (each the fastest of 3, after one warm-up)."""
     from llmkit.models import build_model
     from llmkit.training import precision
     from llmkit.training.optimizer import make_optimizer
@@ -186,7 +187,7 @@ def time_step(recipe: Recipe, device: torch.device, micro: int, accum: int) -> f
     m = recipe.model
     model = build_model(m).to(device)
     model.grad_checkpointing = recipe.train.grad_checkpointing
-    optimizer = make_optimizer(model, recipe.train, device)
+    optimizers = make_optimizer(model, recipe.train, device)
     ids = torch.randint(m.vocab_size, (micro, m.block_size), device=device)
 
     def forward_backward() -> None:
@@ -197,10 +198,11 @@ def time_step(recipe: Recipe, device: torch.device, micro: int, accum: int) -> f
 
     def update() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()  # the gradients stay: the next timed update finds them again
+        for optimizer in optimizers:
+            optimizer.step()  # the gradients stay: the next timed update finds them again
 
     forward_backward()
-    update()  # the first step allocates AdamW's moments
+    update()  # the first step allocates the optimizers' state
     return accum * _timed(forward_backward, device, repeats=3) + _timed(update, device, repeats=3)
 
 
@@ -257,12 +259,16 @@ def plan(recipe: Recipe, device: torch.device, world: int = 1) -> Plan:
     block = profile_forward(deeper, micro, False, t.precision).activation_bytes - plain.activation_bytes
     working = 2 * block if t.grad_checkpointing else block
     shard = world if t.distributed == "fsdp" else 1  # FSDP splits weights, gradients, optimizer
+    # AdamW keeps two moments a parameter; Muon one momentum buffer for the matrices it takes.
+    from llmkit.training.optimizer import muon_parameters
+
+    muon = sum(p.numel() for p in muon_parameters(_meta_model(m))) if t.optimizer == "muon" else 0
     accum = per_process // micro
     per_token = flops_per_token(m)
     floor = per_token * per_process * m.block_size / matmul_flops(device, micro * m.block_size, m.n_embd,
                                                                   t.precision)
     result = Plan(params, per_token, t.batch_size * m.block_size, micro, 4 * params // shard,
-                  4 * params // shard, 8 * params // shard, activations, working, floor, None,
+                  4 * params // shard, (8 * params - 4 * muon) // shard, activations, working, floor, None,
                   device_memory(device))
     if result.fits:
         # The FLOP count gives a floor; what small models actually take is dominated by everything
@@ -287,15 +293,20 @@ def describe_plan(p: Plan, recipe: Recipe, device: torch.device) -> list[str]:
         f"tokens per step   {p.tokens_per_step:,} ({t.batch_size} x {recipe.model.block_size}; "
         f"micro-batch {p.micro_batch})",
         f"memory            weights {_size(p.weights)}, gradients {_size(p.gradients)}, "
-        f"AdamW {_size(p.optimizer)}, activations {_size(p.activations)} + {_size(p.working)} for "
+        f"{'AdamW' if t.optimizer == 'adamw' else 'Muon + AdamW'} {_size(p.optimizer)}, activations {_size(p.activations)} + {_size(p.working)} for "
         f"backward -> {_size(p.total)}",
         f"device            {device}, {_size(p.available) + ' available' if p.available else 'free memory unknown'}",
         f"compute floor     {p.floor_seconds * 1000:,.1f} ms per step (the FLOPs at this device's matmul speed)",
     ]
     if p.step_seconds is not None:
+        # A time-bounded run (train.max_time) takes as many steps as fit its budget, max_steps at most.
+        steps = t.max_steps if t.max_time is None else min(t.max_steps, int(t.max_time / p.step_seconds))
+        length = (f"{t.max_steps:,} steps: about {p.step_seconds * t.max_steps / 60:,.1f} min" if t.max_time is None
+                  else f"time-bounded, {t.max_time:g} s: about {steps:,} steps"
+                  + (" (max_steps)" if steps == t.max_steps else ""))
         lines.append(f"step time         about {p.step_seconds * 1000:,.0f} ms, forward, backward and "
-                     f"AdamW timed here ({p.tokens_per_step / p.step_seconds:,.0f} tokens/s); {t.max_steps:,} steps: "
-                     f"about {p.step_seconds * t.max_steps / 60:,.1f} min")
+                     f"{'AdamW' if t.optimizer == 'adamw' else 'Muon'} timed here "
+                     f"({p.tokens_per_step / p.step_seconds:,.0f} tokens/s); {length}")
     return lines
 
 

@@ -2,11 +2,15 @@
 
 Each step asks the task (llmkit/tasks/) for a batch and its loss — next-token prediction for
 decoders, masked tokens for the encoder, translation for seq2seq — backpropagates (in micro-batches
-when the batch is too big for one pass, on several processes under torchrun), clips the global gradient norm and takes an AdamW step at the
-scheduled learning rate. Every `eval_interval` steps it estimates train and val loss and writes
-latest.pt (and best.pt when val improves), atomically. Ctrl-C (or SIGTERM) lets the current step
-finish, writes latest.pt and exits; `llmkit train RECIPE --resume` continues from it exactly:
-weights, optimizer moments, step, and every random number generator come back.
+when the batch is too big for one pass, on several processes under torchrun), clips the global
+gradient norm and steps the optimizers (AdamW, or Muon and AdamW: llmkit/training/optimizer.py) at
+the scheduled learning rate. Every `eval_interval` steps it estimates train and val loss and writes
+latest.pt (and best.pt when val improves), atomically. The run ends at `max_steps`, or when its
+time budget `max_time` (seconds of training, the clock stopped while evaluating) is spent.
+Ctrl-C (or SIGTERM) lets the current step finish, writes latest.pt and exits; `llmkit train
+RECIPE --resume` continues from it exactly: weights, optimizer state, step, and every random
+number generator come back (a time-bounded run continues its budget, but its schedule follows
+the clock, so it does not repeat bit for bit).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from llmkit.tasks import Task, check_tokenizer, estimate, make_task, to_device
 from llmkit.training import precision
 from llmkit.training.distributed import Distributed, device_for, from_environment, shutdown, wrap
 from llmkit.training.metrics import MetricsLog
-from llmkit.training.optimizer import make_optimizer
+from llmkit.training.optimizer import check_distributed, make_optimizer, restore_settings, set_learning_rates, settings
 from llmkit.training.planner import check_fits, flops_per_token, peak_flops
 from llmkit.training.schedule import learning_rate
 
@@ -120,7 +124,9 @@ class Trainer:
         self.raw_model.grad_checkpointing = cfg.grad_checkpointing
         model = wrap(self.raw_model, setup, device)  # DDP or FSDP under torchrun
         self.model = torch.compile(model) if cfg.compile else model
-        self.optimizer = make_optimizer(self.model, cfg, device)
+        self.optimizers = make_optimizer(self.model, cfg, device)
+        self.settings = settings(self.optimizers)  # the recipe's, put back over a resumed checkpoint's
+        self.lr = learning_rate(0, cfg)  # AdamW's rate in the last update, for the log
         self.scaler = precision.grad_scaler(cfg.precision, device)
         self.sampler = torch.Generator().manual_seed(cfg.seed)  # batch positions
         self.state = RunState()
@@ -141,7 +147,7 @@ class Trainer:
         cfg = self.train_cfg
         resume = None
         if full:
-            resume = {"optimizer": get_optimizer_state_dict(self.model, self.optimizer, options=options),
+            resume = {"optimizer": get_optimizer_state_dict(self.model, self.optimizers, options=options),
                       "scaler": self.scaler.state_dict(), "rng": _rng_states(self.sampler)}
             if hasattr(self.task, "state_dict"):
                 resume["task"] = self.task.state_dict()
@@ -173,9 +179,16 @@ class Trainer:
                               "or start a new run with --overwrite or out_dir=...")
         if checkpoint.resume is None:
             raise LlmkitError(f"{checkpoint.path} holds no optimizer state to resume from")
+        saved_optimizer = checkpoint.recipe.train.optimizer if checkpoint.recipe is not None else "adamw"
+        if saved_optimizer != self.train_cfg.optimizer:
+            raise LlmkitError(f"{checkpoint.path} was trained with train.optimizer={saved_optimizer}, and the "
+                              f"recipe now asks for {self.train_cfg.optimizer}: their states do not carry over",
+                              hint=f"resume with train.optimizer={saved_optimizer}, or start a new run "
+                              "with --overwrite or out_dir=...")
         options = StateDictOptions(full_state_dict=True)
         set_model_state_dict(self.model, checkpoint.weights, options=options)
-        set_optimizer_state_dict(self.model, self.optimizer, checkpoint.resume["optimizer"], options=options)
+        set_optimizer_state_dict(self.model, self.optimizers, checkpoint.resume["optimizer"], options=options)
+        restore_settings(self.optimizers, self.settings)
         self.scaler.load_state_dict(checkpoint.resume["scaler"])
         _restore_rng(checkpoint.resume["rng"], self.sampler)
         if hasattr(self.task, "load_state_dict"):
@@ -194,7 +207,11 @@ class Trainer:
             "train_loss": estimate(*args, "train", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 1, **kwargs),
             "val_loss": estimate(*args, "val", cfg.batch_size, cfg.eval_steps, self.device, cfg.seed + 2, **kwargs),
         }
-        return {"kind": "eval", "step": self.state.step, **losses, "elapsed_s": round(self.state.elapsed_s, 2)}
+        return {"kind": "eval", "step": self.state.step, **losses, **self._progress()}
+
+    def _progress(self) -> dict:
+        """Where the run is, for every record: tokens seen, seconds of training and of wall time."""
+        return {"tokens": self.state.tokens, "train_s": round(self.state.train_s, 2), "elapsed_s": round(self.state.elapsed_s, 2)}
 
     def _no_sync(self, last: bool):
         """DDP averages gradients during every backward; between the micro-batches of one step
@@ -206,9 +223,8 @@ class Trainer:
         """One optimizer step: (mean loss, gradient norm before clipping, real input tokens of
         the step over all processes, padding not counted)."""
         cfg = self.train_cfg
-        lr = learning_rate(self.state.step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.lr = learning_rate(self.state.step, cfg, self.state.train_s)
+        set_learning_rates(self.optimizers, self.lr / cfg.lr)
         # The same global batch on every process (same sampler seed); each keeps its own rows and
         # splits them into micro-batches.
         rows = self.setup.rows(self.task.batch("train", cfg.batch_size, self.sampler, training=True))
@@ -235,21 +251,30 @@ class Trainer:
                 + ("--resume" if (self.run_dir / LATEST).is_file() else "start again"),
                 exit_code=RUN_FAILED,
             )
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        for optimizer in self.optimizers:
+            self.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
-        self.scaler.step(self.optimizer)
+        for optimizer in self.optimizers:
+            self.scaler.step(optimizer)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
         self.state.step += 1
+        self.state.tokens += int(tokens)
         return loss_value, grad_norm, int(tokens)
 
-    def _stop_agreed(self, requested: bool) -> bool:
+    def _agreed(self, requested: bool, train_s: float) -> tuple[bool, float]:
         """Under torchrun every process must stop after the same step (a signal reaches them at
-        slightly different times), so the request is shared."""
+        slightly different times) and schedule by the same clock (or their weights would part),
+        so both are shared: a stop any process asked for, and the processes' mean training time."""
         if not self.setup.enabled:
-            return requested
-        return bool(self.setup.sum(torch.tensor(int(requested), device=self.device)).item())
+            return requested, train_s
+        shared = self.setup.sum(torch.tensor([float(requested), train_s], dtype=torch.float64, device=self.device))
+        return bool(shared[0].item()), shared[1].item() / self.setup.world
+
+    def _out_of_time(self) -> bool:
+        return self.train_cfg.max_time is not None and self.state.train_s >= self.train_cfg.max_time
 
     def _log(self, record: dict) -> None:
         if self.metrics is not None:
@@ -257,33 +282,43 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.train_cfg
-        columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"))
+        # With a time budget the bar counts seconds of training, else steps.
+        timed = cfg.max_time is not None
+        columns = (TextColumn("[bold]train" + (" (s)" if timed else "")), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}  {task.fields[tps]:,.0f} tok/s"))
         started, elapsed_before = time.perf_counter(), self.state.elapsed_s
-        stopping = False
+        stopping, out_of_time = False, self._out_of_time()
+
+        def bar() -> dict:
+            return {"completed": int(self.state.train_s) if timed else self.state.step}
+
         with Progress(*columns, console=console, disable=not self.setup.is_main) as progress, _StopRequest() as stop:
-            task = progress.add_task("train", total=cfg.max_steps, completed=self.state.step,
+            task = progress.add_task("train", total=max(1, int(cfg.max_time)) if timed else cfg.max_steps, **bar(),
                                      loss=math.nan, tps=0)
-            # tokens/s is measured over the steps since the last log line or evaluation.
+            # tokens/s is measured over the steps since the last log line or evaluation; the
+            # training clock (state.train_s, what max_time spends) runs from `clock`, and is
+            # stopped while evaluating and saving.
             window_start, window_tokens = time.perf_counter(), 0
-            while self.state.step < cfg.max_steps and not stopping:
+            clock = window_start
+            while self.state.step < cfg.max_steps and not stopping and not out_of_time:
                 loss, grad_norm, tokens = self.train_step()
-                stopping = self._stop_agreed(stop.requested)
                 now = time.perf_counter()
+                stopping, self.state.train_s = self._agreed(stop.requested, self.state.train_s + now - clock)
+                clock = now
+                out_of_time = self._out_of_time()
                 self.state.elapsed_s = elapsed_before + now - started
                 window_tokens += tokens
                 tokens_per_s = window_tokens / (now - window_start)
-                progress.update(task, completed=self.state.step, loss=loss, tps=tokens_per_s)
+                progress.update(task, **bar(), loss=loss, tps=tokens_per_s)
                 step = self.state.step
-                if step % cfg.log_interval == 0:
-                    record = {"kind": "train", "step": step, "loss": loss, "lr": learning_rate(step - 1, cfg),
-                              "grad_norm": grad_norm, "tokens_per_s": round(tokens_per_s, 1),
-                              "elapsed_s": round(self.state.elapsed_s, 2)}
+                if step % cfg.log_interval == 0 or out_of_time:
+                    record = {"kind": "train", "step": step, "loss": loss, "lr": self.lr, "grad_norm": grad_norm,
+                              "tokens_per_s": round(tokens_per_s, 1), **self._progress()}
                     if self.flops_per_token:
                         record["mfu"] = round(tokens_per_s * self.flops_per_token / self.flops_per_s_at_peak, 4)
                     self._log(record)
                     window_start, window_tokens = time.perf_counter(), 0
-                if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                if step % cfg.eval_interval == 0 or step == cfg.max_steps or out_of_time:
                     record = self.evaluate()
                     self._log(record)
                     best = record["val_loss"] < self.state.best_val_loss
@@ -297,7 +332,8 @@ class Trainer:
                             f"{record['val_loss']:.4f}{'  (best)' if best else ''}  [{record['elapsed_s']:.0f} s]",
                             markup=False)
                     window_start, window_tokens = time.perf_counter(), 0
-        if stopping and self.state.step < cfg.max_steps:
+                    clock = window_start
+        if stopping and self.state.step < cfg.max_steps and not out_of_time:
             self.save()
             raise LlmkitError(f"stopped at step {self.state.step}; {self.run_dir / LATEST} is saved",
                               hint="continue with the same command and --resume", exit_code=INTERRUPTED)
@@ -359,6 +395,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, base: L
 def _train(recipe: Recipe, resume: bool, overwrite: bool, setup: Distributed, base: LoadedModel | None) -> Path:
     device = device_for(setup, resolve_device(recipe.train.device))
     _check_run_dir(recipe, resume, overwrite)
+    check_distributed(recipe.train, setup)
     check_fits(recipe, device)  # before the data: a size typo should not wait for a download
     # One process writes a run at a time (rank 0 under torchrun); kill -9 debris goes first.
     with DirectoryLock(recipe.run_dir, "run") if setup.is_main else contextlib.nullcontext():
@@ -405,12 +442,14 @@ def _train_locked(recipe: Recipe, resume: bool, setup: Distributed, base: Loaded
     say(task.describe())
     micro = f" ({trainer.accum_steps} micro-batches)" if trainer.accum_steps > 1 else ""
     procs = f" over {setup.world} processes ({setup.kind})" if setup.enabled else ""
-    say(f"{'resuming at step ' + str(trainer.state.step) + ' of' if resume else 'training for'} "
-        f"{t.max_steps} steps of {t.batch_size} sequences of at most {m.block_size} tokens{micro} on {device}{procs}, "
-        f"{t.precision}; run directory {recipe.run_dir}")
+    length = f"{t.max_steps} steps" if t.max_time is None else f"{t.max_time:g} s (at most {t.max_steps} steps)"
+    at = f"resuming at step {trainer.state.step} ({trainer.state.train_s:.0f} s) of" if resume else "training for"
+    say(f"{at} {length} of {t.batch_size} sequences of at most {m.block_size} tokens{micro} on {device}{procs}, "
+        f"{t.precision}, {t.optimizer}; run directory {recipe.run_dir}")
     trainer.fit()
     state = trainer.state
-    say(f"done: {state.step} steps in {state.elapsed_s:.0f} s; best val loss {state.best_val_loss:.4f}")
+    say(f"done: {state.step} steps, {state.tokens:,} tokens, in {state.train_s:.0f} s of training "
+        f"({state.elapsed_s:.0f} s in all); best val loss {state.best_val_loss:.4f}")
     # Under FSDP no single process holds the whole model, so there is no sample.
     if t.sample_tokens and setup.is_main and not (setup.enabled and setup.kind == "fsdp"):
         console.rule("sample", style="dim")
