@@ -53,10 +53,10 @@ import transformers
 from torch import nn
 
 from llmkit.config import LoRAConfig
-from llmkit.layers.cross_entropy import IGNORE, cross_entropy
+from llmkit.layers.cross_entropy import IGNORE
 from llmkit.layers.lora import add_lora
 from llmkit.loading import load_model
-from llmkit.tasks.instruct import collate, encode_example, read_entries, split_entries
+from llmkit.tasks.instruct import collate, encode_example, read_entries, response_loss, split_entries
 from llmkit.tasks.prompts import PromptFormat
 
 DATA = Path(os.environ.get("LLMKIT_DATA_MIRROR", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -69,7 +69,7 @@ PEFT_TO_LLMKIT = {"self_attn.q_proj": "attn.q", "self_attn.k_proj": "attn.kv", "
                   "mlp.down_proj": "mlp.proj"}
 PEFT_TARGETS = [name.split(".")[1] for name in PEFT_TO_LLMKIT]
 
-# AdamW as llmkit's finetuning recipes set it (train.lr, beta1, beta2, weight_decay; LoRA's A and B
+# AdamW with llmkit's TrainConfig defaults (train.lr, beta1, beta2, weight_decay; LoRA's A and B
 # are matrices, so llmkit decays them), plain torch AdamW on both sides: the optimizer is not
 # what is compared.
 ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
@@ -77,11 +77,11 @@ ADAMW = dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
 # Loss checks, as relative differences |llmkit - peft| / peft, over the first COMPARED_STEPS steps.
 # Measured on the default batch (rank 8, first 8 entries):
 # - step 1: 7.6e-6 in fp32; 3.3e-4 in bf16, where the fused and the separate matmuls round their
-#   bf16 outputs differently. Bounds 1e-4 and 2e-3: over 6x what was measured, below anything a
-#   different weight or a different loss would give.
+#   bf16 outputs differently. Bounds 1e-4 and 2e-3: over 6x what was measured.
 # - steps 2-5: fp32 9e-6 at step 2 (same A, same B, as the docstring says), then 1.8e-3, 4.5e-3,
-#   8.2e-3 as the shared A's drift; bf16 5e-3 to 1.2e-2 from step 2 on, since AdamW's first update
-#   is about lr * sign(gradient) and bf16 rounding flips the sign of B's smallest gradient entries.
+#   8.2e-3 as the shared A's drift; bf16 5e-3 to 1.2e-2 from step 2 on, most likely because AdamW's
+#   first update is about lr * sign(gradient), so bf16 rounding that flips the sign of one of B's
+#   smallest gradient entries moves that entry by the full lr.
 #   The relative difference grows as the loss falls (0.95 to 0.2 in five steps on one batch).
 #   Bound 3%: 2.5x the worst measured; peft at half llmkit's alpha is off by 11% at step 2 already.
 FIRST_LOSS_BOUND = {"fp32": 1e-4, "bf16": 2e-3}
@@ -93,9 +93,10 @@ LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def llmkit_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    # The instruct task's loss (llmkit/tasks/instruct.py): summed over the response targets, then
-    # divided by their count, as the trainer does for a step of one micro-batch.
-    return cross_entropy(model(x), y, reduction="sum") / (y != IGNORE).sum()
+    # The instruct task's loss (llmkit/tasks/instruct.py, response_loss: the head runs only at the
+    # scored positions), summed over the response targets, then divided by their count, as the
+    # trainer does for a step of one micro-batch.
+    return response_loss(model, x, y) / (y != IGNORE).sum()
 
 
 def peft_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -156,12 +157,12 @@ def copy_lora_a(ours: nn.Module, theirs: nn.Module) -> None:
         sys.exit(f"copied {copied} of peft's {len(adapters)} LoRA A matrices: the layer names changed?")
 
 
-def instruction_batch(tokenizer, batch: int) -> tuple[Batch, int]:
+def instruction_batch(tokenizer, batch: int, block_size: int) -> tuple[Batch, int]:
     """(inputs (B, T), targets (B, T)) of the first `batch` training entries, exactly as the
     instruct task builds a batch, and the number of real (non-padding) input tokens."""
     entries = split_entries(read_entries(INSTRUCTIONS))["train"][:batch]
     form = PromptFormat("auto", tokenizer)  # the model's chat template, as `llmkit finetune` uses
-    x, y, lengths = collate([encode_example(form, e, block_size=8192) for e in entries], form.eot)
+    x, y, lengths = collate([encode_example(form, e, block_size) for e in entries], form.eot)
     # Padding sits after each row's text, so causal attention keeps it out of every real token's
     # output; neither model gets an attention mask (llmkit's instruct task passes none either).
     return (x, y), int(lengths.sum())
@@ -229,7 +230,8 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    transformers.utils.logging.disable_progress_bar()  # the GGUF loader's bars would bury the table
+    # HF's weight-loading bar; its GGUF converter's own bar (plain tqdm) still goes to stderr.
+    transformers.utils.logging.disable_progress_bar()
     # peft asks the model an old name for whether checkpointing is on; transformers warns each time.
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     for path in (GGUF, INSTRUCTIONS):
@@ -238,7 +240,7 @@ def main() -> None:
     command = shlex.join(sys.orig_argv)  # the interpreter too, so the line can be pasted back
     info = machine(torch.get_num_threads())
     loaded = load_model(GGUF)
-    batch, tokens = instruction_batch(loaded.tokenizer, args.batch)
+    batch, tokens = instruction_batch(loaded.tokenizer, args.batch, loaded.config.block_size)
     contenders = make_contenders(loaded.model, args.rank, args.alpha, args.grad_checkpointing)
     x, y = batch
     targets = int((y != IGNORE).sum())

@@ -115,12 +115,15 @@ def test_the_loss_ignores_prompt_and_padding_tokens():
     by_hand = -sum(torch.log_softmax(logits[b, t], -1)[target] for b, t, target in
                    [(0, 1, 7), (0, 2, 8), (0, 3, 9), (1, 1, 3)])
     task = Instruct.__new__(Instruct)  # only loss() and count(), which need no data
-    loss = task.loss(lambda ids: logits.clone(), (x, y, lengths))
+    def model_of(values):  # a stand-in model: fixed logits, (B, T, V) or at the scored positions only
+        return lambda ids, only=None: values.clone() if only is None else values[only]
+
+    loss = task.loss(model_of(logits), (x, y, lengths))
     torch.testing.assert_close(loss, by_hand)
     assert task.count((x, y, lengths)) == 4 and task.tokens((x, y, lengths)) == 6
     changed = logits.clone()
     changed[0, 0], changed[1, 2:] = 100.0, -100.0  # positions whose targets are prompt or padding
-    torch.testing.assert_close(task.loss(lambda ids: changed.clone(), (x, y, lengths)), by_hand)
+    torch.testing.assert_close(task.loss(model_of(changed), (x, y, lengths)), by_hand)
 
 
 def test_finetune_instruct_learns_and_writes_scored_answers(workdir, cli):

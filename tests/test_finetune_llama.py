@@ -59,6 +59,24 @@ def test_the_classifier_reads_the_last_real_token_under_left_or_right_padding():
         assert not torch.allclose(model(left), alone, atol=1e-3)  # the mask matters: without it padding is read
 
 
+def test_merged_lora_equals_the_adapters_on_the_llama_shape():
+    from llmkit.config import LoRAConfig
+    from llmkit.layers.lora import LoRALinear, add_lora, merge_lora
+
+    torch.manual_seed(0)
+    config = ModelConfig(name="gpt", vocab_size=40, block_size=16, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                         positions="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    model = build_model(config).eval()
+    assert add_lora(model, LoRAConfig(rank=4, alpha=8.0)) == 2 * 5  # q, kv, proj, fc (gate and up), proj
+    with torch.no_grad():  # B starts at zero; make the update real
+        for module in model.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.normal_(0.0, 0.5)
+        ids = torch.randint(40, (2, 16))
+        adapted = model(ids)
+        torch.testing.assert_close(merge_lora(model)(ids), adapted, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["alpaca", "chat"])
 def test_the_instruct_loss_scores_only_the_response_in_either_format(base, name):
     tokenizer = read_checkpoint(base).tokenizer
@@ -79,6 +97,25 @@ def test_the_instruct_loss_scores_only_the_response_in_either_format(base, name)
         answer = form.response_ids(ENTRY if row == 0 else {**ENTRY, "output": "No."})
         assert scored == answer and ids[-len(answer):] == answer  # targets: the response, nothing else
         assert lengths[row] == len(ids) - 1 and x[row, : len(ids) - 1].tolist() == ids[:-1]
+
+
+def test_the_response_loss_runs_the_head_only_where_it_scores(base):
+    from llmkit.layers.cross_entropy import cross_entropy
+    from llmkit.tasks.instruct import response_loss
+
+    loaded = load_model(base)
+    form = PromptFormat("chat", loaded.tokenizer)
+    x, y, _ = collate([encode_example(form, ENTRY, 1024), encode_example(form, {**ENTRY, "output": "No."}, 1024)],
+                      form.eot)
+    model = loaded.model.train()
+    fast = response_loss(model, x, y)
+    fast.backward()
+    fast_grad = model.embed.wte.weight.grad.clone()
+    model.zero_grad()
+    full = cross_entropy(model(x), y, reduction="sum")  # the head over every position
+    full.backward()
+    torch.testing.assert_close(fast, full, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast_grad, model.embed.wte.weight.grad, atol=1e-5, rtol=1e-4)
 
 
 def test_auto_picks_chat_for_a_template_and_chat_without_one_is_refused(base, mirror):
@@ -130,6 +167,9 @@ def test_instruct_lora_in_the_chat_template_is_a_model_like_any_other(base, work
     ids = torch.tensor([[5, 17, 42, 9, 3]])
     with torch.no_grad():
         ours = load_model(run, merge=True).model(ids)
+        adapted = load_model(run, merge=False).model  # merged = unmerged, on the Llama shape
+        assert any(".lora_a" in name for name in adapted.state_dict())
+        torch.testing.assert_close(adapted(ids), ours, atol=1e-5, rtol=1e-5)
     out = tmp_path / "hf"
     assert cli("export", run, "--format", "hf", "--out", out).code == 0
     theirs = transformers.AutoModelForCausalLM.from_pretrained(out).eval()

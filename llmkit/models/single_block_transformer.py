@@ -55,5 +55,9 @@ class SingleBlockTransformer(nn.Module):
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden(idx, mask, cache))  # (B, T, vocab) logits
+                cache: KVCache | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, vocab) logits; with `only` (B, T) True where a target is scored, (N, vocab) for
+        just those N positions: instruction tuning scores the responses alone, and over a real
+        model's vocabulary the head is a fifth of a step (SmolLM2: 49,152 x 576 per position)."""
+        h = self.hidden(idx, mask, cache)
+        return self.lm_head(h if only is None else h[only])

@@ -77,6 +77,13 @@ def collate(examples: list[tuple[np.ndarray, int]], pad: int) -> tuple[torch.Ten
     return x, y, lengths
 
 
+def response_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The summed loss of (B, T) targets y given inputs x, the head run only where a target is
+    scored: the same sum as over every position's logits, for less than half the head's work."""
+    scored = y != IGNORE
+    return cross_entropy(model(x, only=scored), y[scored], reduction="sum")
+
+
 class Instruct:
     generates, labels, scores_text, eval_options = True, None, True, ("responses", "judge")
     not_generating = None
@@ -122,7 +129,7 @@ class Instruct:
 
     def loss(self, model: nn.Module, batch) -> torch.Tensor:
         x, y, _ = batch
-        return cross_entropy(model(x), y, reduction="sum")
+        return response_loss(model, x, y)
 
     def count(self, batch) -> int:
         return int((batch[1] != IGNORE).sum())
