@@ -28,18 +28,10 @@ def prefer_layout(model: nn.Module, batch: int) -> None:
         return
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.Linear) and module.weight.is_contiguous() == columns:
-                module.weight.data = _restrided(module.weight.data, columns)
+            if isinstance(module, nn.Linear):
+                weight = module.weight.data
+                if columns and weight.is_contiguous():
+                    module.weight.data = weight.t().contiguous().t()
+                elif not columns and not weight.is_contiguous():
+                    module.weight.data = weight.contiguous()
     model._weights_by_columns = columns
-
-
-def _restrided(weight: torch.Tensor, columns: bool) -> torch.Tensor:
-    """The same numbers in the other layout, written back into the weight's own storage: a server
-    whose batch crosses COLUMNS_UP_TO switches often, and this way a switch never holds two
-    copies of the weights (540 MB more for SmolLM2 in fp32), only one matrix at a time."""
-    staged = weight.t().contiguous() if columns else weight.contiguous()  # (in, out) or (out, in), row-major
-    if weight.untyped_storage().nbytes() != staged.numel() * staged.element_size():
-        return staged.t() if columns else staged  # a view into a larger storage: copy (not the case for nn.Linear)
-    own = weight.new_empty(0).set_(weight.untyped_storage(), weight.storage_offset(), staged.shape, staged.stride())
-    own.copy_(staged)
-    return own.t() if columns else own
