@@ -127,6 +127,19 @@ def losses(run_dir, kind="train"):
             for r in MetricsLog(run_dir / "metrics.jsonl").read() if r["kind"] == kind]
 
 
+def assert_same_run(straight, resumed):
+    """An interrupted-and-resumed run is the uninterrupted one: every logged loss and every final
+    weight, bit for bit."""
+    import torch
+
+    from llmkit.checkpoint import load_checkpoint
+
+    assert losses(resumed) == losses(straight)
+    assert losses(resumed, "eval") == losses(straight, "eval")
+    a, b = load_checkpoint(straight / "latest.pt"), load_checkpoint(resumed / "latest.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def interrupt_at(monkeypatch, step):
     """Deliver a real SIGINT to this process once training reaches `step`."""
     import signal

@@ -7,14 +7,13 @@ import json
 import math
 
 import pytest
-import torch
 
 from llmkit.checkpoint import load_checkpoint
 from llmkit.config import load_recipe
 from llmkit.errors import LlmkitError
 from llmkit.training.trainer import INTERRUPTED, train
 
-from conftest import debug_recipe, interrupt_at, losses
+from conftest import assert_same_run, debug_recipe, interrupt_at, losses
 
 # A character model that has learned nothing predicts uniformly: ln(65) = 4.17 nats. Knowing the
 # character frequencies gives 3.35 on the val split (the train split's unigram distribution), and
@@ -55,10 +54,7 @@ def test_sigint_saves_and_resume_equals_an_uninterrupted_run(workdir, monkeypatc
     assert all(state["step"].item() == 30 for state in saved["optimizer"]["state"].values())
     train(debug_recipe(workdir / "b", *steps), resume=True)
 
-    assert losses(resumed_dir) == losses(straight)  # every logged loss, bit for bit
-    assert losses(resumed_dir, "eval") == losses(straight, "eval")
-    a, b = load_checkpoint(straight / "latest.pt"), load_checkpoint(resumed_dir / "latest.pt")
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert_same_run(straight, resumed_dir)  # every logged loss and weight, bit for bit
 
 
 def test_resume_continues_from_the_saved_step(workdir):
