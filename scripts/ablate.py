@@ -66,7 +66,7 @@ def run_one(recipe_path: Path, variant: Variant, seed: int, budget: float, commo
     report = evaluate(loaded, "val")
     records = MetricsLog(run_dir / METRICS).read()
     state = loaded.checkpoint.state
-    tokens = state.step * recipe.train.batch_size * recipe.model.block_size
+    tokens = state.tokens  # real input tokens trained on, padding not counted
     return {"name": variant.name, "seed": seed, "overrides": list(variant.overrides), "run": str(run_dir),
             "parameters": sum(p.numel() for p in loaded.model.parameters()), "steps": state.step,
             "tokens": tokens, "val_loss": report["loss"], "val_tokens": report["tokens"],
