@@ -35,8 +35,6 @@ BASELINES = {
 
 def shipped_answers(model: str, prompt_format: str, out: Path) -> list[dict]:
     """The test answers of `model` with no finetuning, through the instruct task's own answering."""
-    import dataclasses
-
     from llmkit.config import DataConfig, Recipe
     from llmkit.loading import load_model
     from llmkit.tasks.instruct import Instruct
@@ -44,7 +42,7 @@ def shipped_answers(model: str, prompt_format: str, out: Path) -> list[dict]:
     lm = load_model(model)
     data = DataConfig(source="instruct", prompt_format=prompt_format,
                       root=str(Path(os.environ.get("LLMKIT_DATA_DIR", "data"))))
-    task = Instruct(Recipe(name="shipped", data=data, model=dataclasses.replace(lm.config)), lm.tokenizer)
+    task = Instruct(Recipe(name="shipped", data=data, model=lm.config), lm.tokenizer)
     task.evaluate(lm.model, "test", 16, lm.device, responses=out)
     print(f"{model} as shipped, {task.format.name} prompts: answers in {out}", file=sys.stderr)
     return json.loads(out.read_text(encoding="utf-8"))

@@ -100,7 +100,7 @@ class Classification:
             raise LlmkitError(f"classification data must be spam (the SMS Spam Collection), got {data.source!r}")
         self.splits = balanced_splits(read_spam(ensure_downloaded("spam", data.root) / "SMSSpamCollection"))
         self.block_size, self.bucket = recipe.model.block_size, data.bucket
-        self._train_lengths: np.ndarray | None = None  # tokens per training text, for bucketing
+        self._lengths: dict[str, np.ndarray] = {}  # tokens per text of a split, counted when first needed
         if tokenizer is None:  # from scratch: one learned from the training texts
             if data.tokenizer not in ("bpe", "gpt2"):  # byte-level: a classifier must take any text
                 raise LlmkitError(f"a classifier needs a byte-level tokenizer (bpe or gpt2), not {data.tokenizer}",
@@ -124,12 +124,9 @@ class Classification:
 
     def batch(self, split: str, batch_size: int, generator: torch.Generator, training: bool = False):
         rows = self.splits[split]
-        if training and self.bucket > 1:
-            if self._train_lengths is None:
-                self._train_lengths = np.array([len(self.tokenizer.encode(t)) for t, _ in rows])
-            picked = pick_examples(self._train_lengths, batch_size, self.bucket, generator)
-        else:
-            picked = pick_examples(np.zeros(len(rows)), batch_size, 1, generator)
+        if split not in self._lengths:
+            self._lengths[split] = np.array([len(self.tokenizer.encode(t)) for t, _ in rows])
+        picked = pick_examples(self._lengths[split], batch_size, self.bucket if training else 1, generator)
         x, mask = self.encode([rows[i][0] for i in picked])
         return x, mask, torch.tensor([rows[i][1] for i in picked])
 

@@ -56,8 +56,9 @@ def split_entries(entries: list[dict]) -> dict[str, list[dict]]:
 
 def encode_example(form: PromptFormat, entry: dict, block_size: int) -> tuple[np.ndarray, int]:
     """(ids of prompt + response + end token, cut to block_size + 1; how many of them are prompt)."""
-    prompt = form.tokenizer.encode(form.prompt(entry))
-    ids = np.concatenate([prompt, form.response_ids(entry)]).astype(np.int64)[: block_size + 1]
+    text = form.prompt(entry)
+    prompt = form.tokenizer.encode(text)
+    ids = np.concatenate([prompt, form.response_ids(entry, text)]).astype(np.int64)[: block_size + 1]
     return ids, len(prompt)
 
 

@@ -77,11 +77,12 @@ class PromptFormat:
             return format_prompt(entry)
         return self._render([{"role": "user", "content": user_turn(entry)}], add_generation_prompt=True)
 
-    def response_ids(self, entry: dict) -> list[int]:
-        """The ids the model learns to write after the prompt: the output and the end token."""
+    def response_ids(self, entry: dict, prompt: str | None = None) -> list[int]:
+        """The ids the model learns to write after the prompt (`prompt(entry)`, if already made):
+        the output and the end token."""
         if self.name == "alpaca":
             return [*self.tokenizer.encode(entry["output"]), self.eot]
-        prompt = self.prompt(entry)
+        prompt = self.prompt(entry) if prompt is None else prompt
         whole = self._render([{"role": "user", "content": user_turn(entry)},
                               {"role": "assistant", "content": entry["output"]}], add_generation_prompt=False)
         if not whole.startswith(prompt):
