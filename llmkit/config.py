@@ -131,6 +131,11 @@ class ModelConfig:
     qk_norm: bool = False  # RMS-normalise queries and keys per head before the dot product
     tie_embeddings: bool = True  # the output head reuses the token embedding (gpt, encoder, seq2seq)
     rope_base: float = 10000.0
+    # Two speedrun switches (modded-nanoGPT): the residual projections (attention and MLP `proj`)
+    # start at zero, so every block starts as the identity; and the logits pass through
+    # cap * tanh(logits / cap), which bounds them to (-cap, cap) (Gemma 2 uses 30).
+    zero_init_proj: bool = False
+    logit_softcap: float | None = None
     # A classifier: the model's final hidden state at the last real token (decoders) or averaged
     # over the tokens (encoder) goes through a head to n_classes scores (llmkit/models/classifier.py).
     n_classes: int | None = None
@@ -155,10 +160,14 @@ class ModelConfig:
             problems.append(f"vocab_size: must be at least 1, got {self.vocab_size}")
         if self.mlp_hidden is not None and self.mlp_hidden < 1:
             problems.append(f"mlp_hidden: must be at least 1, got {self.mlp_hidden}")
-        for name in ("norm_eps", "rope_base"):
+        if self.zero_init_proj and self.name not in ("gpt", "seq2seq"):
+            problems.append(f"zero_init_proj: only gpt and seq2seq draw their own initial weights (got {self.name})")
+        if self.logit_softcap is not None and self.name not in ("single_block_transformer", "gpt"):
+            problems.append(f"logit_softcap: only the single_block_transformer and gpt heads take it (got {self.name})")
+        for name in ("norm_eps", "rope_base") + (("logit_softcap",) if self.logit_softcap is not None else ()):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: must be positive, got {getattr(self, name)}")
-        at_most(problems, self, {**MODEL_LIMITS, "norm_eps": 1.0, "rope_base": 1e9})
+        at_most(problems, self, {**MODEL_LIMITS, "norm_eps": 1.0, "rope_base": 1e9, "logit_softcap": 1e4})
         _raise_if(problems)
 
     @property

@@ -129,23 +129,26 @@ def test_auto_picks_chat_for_a_template_and_chat_without_one_is_refused(base, mi
         PromptFormat("chat", plain)
 
 
-@pytest.mark.parametrize("mode", ["lora", "last_block"])
+@pytest.mark.parametrize("mode", ["lora", "last_block", "all"])
 def test_spam_on_a_pretrained_base_trains_only_what_the_mode_says(base, workdir, cli, mode):
     result = cli("finetune", "spam", "--base", base, "--mode", mode, *SHORT, "--json")
     assert result.code == 0, result.err
     report = json.loads(result.out)
     run = Path(report["run"])
-    assert run.name == f"spam_tiny-llama_{mode}" and 0.0 <= report["accuracy"] <= 1.0
+    assert run.name == "spam_tiny-llama" + ("" if mode == "all" else f"_{mode}") and 0.0 <= report["accuracy"] <= 1.0
     recipe = read_checkpoint(run).recipe  # recipes/spam_MODE.yaml: the settings for a pretrained base
     assert recipe.train.finetune == mode and recipe.data.bucket == 8 and recipe.model.dropout == 0.0
     assert "sequences of at most 1024 tokens" in result.err and "tok/s" in result.err
     before = {f"base.{k}": v for k, v in load_model(base).model.state_dict().items()}
     after = load_model(run, merge=False).model.state_dict()
     changed = {k for k, v in after.items() if k not in before or not torch.equal(v, before[k])}
-    trains = (".lora_", "head.") if mode == "lora" else ("base.blocks.2.", "base.norm_f.", "head.")  # 3 blocks
+    trains = {"lora": (".lora_", "head."), "last_block": ("base.blocks.2.", "base.norm_f.", "head."),  # 3 blocks
+              "all": ("",)}[mode]
     assert changed and all(any(part in k for part in trains) for k in changed), sorted(changed)[:5]
     assert any(k.startswith("head.") for k in changed)
-    assert any(k.endswith("lora_b") for k in changed) if mode == "lora" else "base.blocks.2.mlp.fc.weight" in changed
+    touched = {"lora": "base.blocks.0.attn.q.lora_b", "last_block": "base.blocks.2.mlp.fc.weight",
+               "all": "base.blocks.0.attn.q.weight"}[mode]
+    assert touched in changed and (mode == "all") == ("base.embed.wte.weight" in changed)
     labelled = cli("classify", run, stdin="WINNER! claim your prize\nsee you at six\n")
     assert labelled.code == 0 and len(labelled.out.splitlines()) == 2, labelled.err
     measured = cli("eval", run, "--split", "val", "--json")

@@ -19,7 +19,7 @@ from llmkit.layers.kv_cache import KVCache
 from llmkit.models import build_model
 
 SWITCHES = [{}, {"positions": "rope"}, {"n_kv_head": 2}, {"positions": "rope", "n_kv_head": 1},
-            {"positions": "sinusoidal", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}]
+            {"positions": "sinusoidal", "norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True}, {"logit_softcap": 3.0}]
 
 
 def model_with(**switches):

@@ -74,6 +74,9 @@ def test_non_gpt2_shapes_are_refused():
     config = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, positions="rope")
     with pytest.raises(LlmkitError, match="positions='rope'"):
         to_hf_state_dict(build_model(config).state_dict(), config)
+    capped = ModelConfig(vocab_size=10, block_size=8, n_layer=1, n_head=2, n_embd=8, bias=True, logit_softcap=30.0)
+    with pytest.raises(LlmkitError, match="logit_softcap=30.0"):  # GPT-2 and Llama have no cap
+        to_hf_state_dict(build_model(capped).state_dict(), capped)
 
 
 # --- whole directories: import from `save_pretrained`, export for `from_pretrained` ------------

@@ -22,7 +22,7 @@ SWITCHES = [
     {"positions": "sinusoidal"}, {"positions": "rope"}, {"positions": "none"},
     {"norm": "rmsnorm"}, {"mlp": "swiglu"}, {"mlp": "relu2"},
     {"n_kv_head": 2}, {"n_kv_head": 1}, {"qk_norm": True}, {"tie_embeddings": False},
-    {"bias": True}, {"attention": "explicit"}, {"dropout": 0.1},
+    {"bias": True}, {"attention": "explicit"}, {"dropout": 0.1}, {"logit_softcap": 2.0}, {"zero_init_proj": True},
     {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "n_kv_head": 1, "qk_norm": True},
 ]
 
@@ -59,6 +59,28 @@ def test_every_gpt_switch_builds_trains_and_stays_causal(switches):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     model.eval()
     torch.testing.assert_close(model(ids)[:, :7], model(changed_after(ids, 7))[:, :7], atol=1e-6, rtol=0)
+
+
+def test_soft_capped_logits_are_the_capped_uncapped_ones():
+    torch.manual_seed(0)
+    plain = build_model(tiny())
+    capped = build_model(tiny(logit_softcap=0.05))
+    capped.load_state_dict(plain.state_dict())
+    ids = torch.randint(50, (2, 16))
+    z = plain(ids)
+    assert z.abs().max() > 0.05  # so the cap does bind
+    torch.testing.assert_close(capped(ids), 0.05 * torch.tanh(z / 0.05))
+    assert capped(ids).abs().max() < 0.05
+
+
+def test_zero_initialised_projections_start_at_zero_and_learn():
+    torch.manual_seed(0)
+    model = build_model(tiny(zero_init_proj=True))
+    projections = [p for n, p in model.named_parameters() if n.endswith("proj.weight")]
+    assert len(projections) == 4 and all(bool((p == 0).all()) for p in projections)  # 2 blocks x (attn, mlp)
+    ids = torch.randint(50, (2, 16))
+    torch.nn.functional.cross_entropy(model(ids).flatten(0, 1), ids.flatten()).backward()
+    assert all(p.grad.abs().sum() > 0 for p in projections)  # the zeros get a gradient: they move
 
 
 def test_encoder_sees_both_directions_and_padding_is_invisible():

@@ -154,7 +154,7 @@ def shared_data(tmp_path_factory):
 
 # A task's recipe for one finetuning mode (spam_lora.yaml) trains only from a base model:
 # tests/test_finetune_llama.py runs each through `llmkit finetune TASK --base ... --mode MODE`.
-MODE_RECIPES = {"spam_lora", "spam_last_block", "instruct_lora"}
+MODE_RECIPES = {"spam_lora", "spam_last_block", "spam_all", "instruct_lora", "instruct_all"}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in RECIPES.glob("*.yaml") if p.stem not in MODE_RECIPES),

@@ -244,9 +244,10 @@ GPT2_GGUF = NameTable("GGUF gpt2", (
 def shape_of(config: ModelConfig) -> str:
     """Which family a config's switches make: "gpt2" (learned positions, LayerNorm, GELU, biases)
     or "llama" (RoPE, RMSNorm, SwiGLU); anything else has no equivalent elsewhere."""
-    if config.name != "gpt" or config.qk_norm or config.n_classes is not None:
+    if config.name != "gpt" or config.qk_norm or config.n_classes is not None or config.logit_softcap is not None:
         wrong = "a classifier" if config.n_classes is not None else f"model.name={config.name!r}" \
-            if config.name != "gpt" else "model.qk_norm=True"
+            if config.name != "gpt" else "model.qk_norm=True" if config.qk_norm else \
+            f"model.logit_softcap={config.logit_softcap}"
         raise LlmkitError(f"this model is neither GPT-2- nor Llama-shaped: {wrong}")
     gpt2 = {"positions": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True}
     llama = {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}

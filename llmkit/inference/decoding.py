@@ -80,9 +80,9 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
             window_pad = (pad0 - (tokens.shape[1] - keep)).clamp_min(0)
             size = min(room, keep + max_new_tokens - step) if use_cache else keep
             cache = KVCache.for_model(model, tokens.shape[0], size, window_pad if bool(window_pad.any()) else None)
-            logits = model.lm_head(model.hidden(tokens[:, -keep:], cache=cache)[:, -1])
+            logits = model.logits(model.hidden(tokens[:, -keep:], cache=cache)[:, -1])
         elif cached:
-            logits = model.lm_head(model.hidden(tokens[:, -1:], cache=cache)[:, -1])
+            logits = model.logits(model.hidden(tokens[:, -1:], cache=cache)[:, -1])
         elif pad is not None:  # no key mask in the small rungs: each row alone, without its padding
             logits = torch.cat([model(tokens[b : b + 1, int(pad0[b]) :][:, -block:])[:, -1]
                                 for b in range(tokens.shape[0])])

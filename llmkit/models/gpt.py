@@ -23,7 +23,7 @@ class GPT(SingleBlockTransformer):
         super().__init__(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)  # as GPT-2: no head bias
         self.tie_weights()
-        init_weights(self, config.n_layer)
+        init_weights(self, config.n_layer, config.zero_init_proj)
 
     def tie_weights(self) -> None:
         """The head and the token embedding become one tensor again (also after weights are

@@ -32,7 +32,7 @@ class Seq2Seq(nn.Module):
         self.norm_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.tie_weights()
-        init_weights(self, 2 * config.n_layer)
+        init_weights(self, 2 * config.n_layer, config.zero_init_proj)
         self.grad_checkpointing = False  # set by the trainer (train.grad_checkpointing)
 
     def tie_weights(self) -> None:

@@ -60,4 +60,11 @@ class SingleBlockTransformer(nn.Module):
         just those N positions: instruction tuning scores the responses alone, and over a real
         model's vocabulary the head is a fifth of a step (SmolLM2: 49,152 x 576 per position)."""
         h = self.hidden(idx, mask, cache)
-        return self.lm_head(h if only is None else h[only])
+        return self.logits(h if only is None else h[only])
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., C) final hidden states -> (..., vocab) logits, soft-capped when model.logit_softcap
+        is set: cap * tanh(z / cap) is z near zero and never beyond +-cap, so no logit can run away."""
+        z = self.lm_head(h)
+        cap = self.config.logit_softcap
+        return z if cap is None else cap * torch.tanh(z / cap)

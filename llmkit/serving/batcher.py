@@ -270,7 +270,7 @@ class Batcher:
         cache = None
         if self.cached:
             cache = KVCache.for_model(self.model, r.n, ids.shape[1] + min(r.max_tokens - 1, GROW))
-            logits = self.model.lm_head(self.model.hidden(ids, cache=cache)[:, -1])
+            logits = self.model.logits(self.model.hidden(ids, cache=cache)[:, -1])
         else:
             logits = self.model(ids[:, -self.block :])[:, -1]
         rows = [RowText(Completion("", i), self.tokenizer, r.stops, self.end_id) for i in range(r.n)]
@@ -295,7 +295,7 @@ class Batcher:
                 cache = self._cache = KVCache.gather([(cache, torch.arange(cache.batch, device=self.device))],
                                                      self._room())
             last = torch.cat([r.history[:, -1:] for r in self._running])  # (B, 1)
-            logits = self.model.lm_head(self.model.hidden(last, cache=cache)[:, -1])  # (B, V)
+            logits = self.model.logits(self.model.hidden(last, cache=cache)[:, -1])  # (B, V)
         row = 0
         for running in self._running:
             n = running.job.request.n
