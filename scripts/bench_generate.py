@@ -19,6 +19,9 @@ real model instead: llmkit and transformers each load the same GGUF file (transf
 its own GGUF loader), in each --dtypes, on a chat-templated prompt; rows add the memory-bandwidth
 bound (the weights' bytes, read once per token, over the bandwidth of a plain read measured in
 the same run), and `llmkit generate` itself is timed in a fresh process: load, first token, peak RSS.
+Where `llama-cpp-python` is installed (a benchmark-only package, never a dependency: it builds from
+source, see docs/benchmarks.md), llama.cpp decodes the same prompt ids from the same file at the
+end, with as many threads as torch uses; where it is not, that row is skipped with a message.
 
     .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16,int8 --batches 1,4,8
 
@@ -246,6 +249,7 @@ def real_model(args) -> None:
                "same_greedy_prefix": common_prefix(tokens["llmkit"], tokens["transformers"]),
                "agrees_with_llmkit_fp32": common_prefix(tokens["llmkit"], reference), **batches,
                **process, **machine, "read_bandwidth_gb_s": round(bandwidth, 1), "command": command}
+        last = (prompt, reference)
         if args.json:
             print(json.dumps(row))
         else:
@@ -257,6 +261,43 @@ def real_model(args) -> None:
                   f"{row['agrees_with_llmkit_fp32']}; " + ", ".join(f"{k.split('_')[1]} rows {v:,.1f}" for k, v in batches.items())
                   + f" tokens/s; fresh process: {process['first_token_s']} s to the first token, "
                   f"peak RSS {process['peak_rss_mb']} MB")
+    row = llama_cpp_row(path, *last, args)
+    if args.json:
+        print(json.dumps(row))
+    elif "skipped" in row:
+        print(f"llama.cpp: {row['skipped']}")
+    else:
+        print(f"llama.cpp ({path.name} as it is): {row['llama_cpp_tokens_per_s']:,.1f} tokens/s; greedy tokens agree "
+              f"with llmkit fp32 for the first {row['agrees_with_llmkit_fp32']} of {args.new_tokens}")
+
+
+def llama_cpp_row(path, prompt: torch.Tensor, reference: list[int], args) -> dict:
+    """llama.cpp on the same GGUF file and prompt ids, batch 1, greedy (top-k 1), exactly
+    `--new-tokens` tokens (its end-of-text token does not stop it), the median of `--repeats`."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:
+        return {"what": "llama.cpp", "skipped": f"llama-cpp-python is not installed here ({e}); row skipped"}
+    llm = Llama(model_path=str(path), n_ctx=prompt.shape[1] + args.new_tokens + 8, n_threads=torch.get_num_threads(),
+                n_threads_batch=torch.get_num_threads(), n_batch=512, verbose=False)
+    ids = prompt[0].tolist()
+
+    def run(n: int) -> list[int]:
+        out = []
+        for token in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            out.append(int(token))
+            if len(out) == n:
+                break
+        return out
+
+    run(8)
+    times, tokens = [], []
+    for _ in range(args.repeats):
+        seconds, tokens = timed(lambda: run(args.new_tokens), torch.device("cpu"))
+        times.append(seconds)
+    return {"what": f"llama.cpp {path.name}", "new_tokens": args.new_tokens, "batch": 1,
+            "llama_cpp_tokens_per_s": round(args.new_tokens / statistics.median(times), 2),
+            "agrees_with_llmkit_fp32": common_prefix(tokens, reference), "threads": torch.get_num_threads()}
 
 
 
