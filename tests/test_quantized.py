@@ -28,6 +28,8 @@ def test_each_row_is_rounded_to_its_own_scale():
     torch.testing.assert_close(q[rows, biggest].float().abs() * s, w[rows, biggest].abs())  # the largest is exact
     q0, s0 = quantize_rows(torch.zeros(3, 8))  # an all-zero row: no division by zero
     assert (q0 == 0).all() and torch.isfinite(s0).all()
+    q7, s7 = quantize_rows(w, slab=7)  # a few rows at a time (40 = 5 x 7 + 5): the same numbers
+    assert torch.equal(q7, q) and torch.equal(s7, s)
 
 
 def test_the_int8_kernel_computes_the_dequantized_product():
@@ -88,6 +90,20 @@ def test_int8_with_the_kv_cache_equals_int8_without_it(llama):
         for t in range(ids.shape[1] - 5, ids.shape[1]):
             last = lm.model(ids[:, t : t + 1], cache=cache)[:, -1]
     torch.testing.assert_close(last, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_a_gguf_dequantized_a_few_rows_at_a_time_equals_all_at_once(llama, tmp_path, monkeypatch):
+    from llmkit.formats import gguf
+
+    full = load_model(llama)
+    path = gguf.write_gguf(full.model, full.config, full.tokenizer, tmp_path / "m.gguf", "q8_0")
+    whole = load_model(path).model.state_dict()
+    monkeypatch.setattr(gguf, "_SLAB_VALUES", 100)  # one or two rows per slab, and a remainder
+    monkeypatch.setattr(gguf, "_TRIM_BYTES", 0)  # and the heap trimmed before every tensor
+    slabs = load_model(path).model.state_dict()
+    assert whole.keys() == slabs.keys()
+    for name in whole:
+        assert torch.equal(whole[name], slabs[name]), name
 
 
 def test_quantizing_while_reading_a_gguf_equals_quantizing_the_built_model(llama, tmp_path):

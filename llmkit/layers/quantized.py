@@ -33,12 +33,18 @@ SCALE = "_scale"
 KERNEL_ROWS = 64  # the state-dict suffix of a quantized weight's row scales: `blocks.0.attn.q.weight_scale`
 
 
-def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, s): W (out, in) as int8 rows and one float32 scale per row, W ~ q * s[:, None]."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.contiguous(), scale
+def quantize_rows(weight: torch.Tensor, slab: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, s): W (out, in) as int8 rows and one float32 scale per row, W ~ q * s[:, None]. Done
+    `slab` rows at a time, so the float temporaries are a slab's, not the matrix's (the token
+    embedding's would be 113 MB each)."""
+    q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+    scale = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
+    for start in range(0, weight.shape[0], slab):
+        w = weight[start:start + slab].detach().float()
+        s = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        q[start:start + slab] = torch.round(w / s[:, None]).clamp_(-127, 127)
+        scale[start:start + slab] = s
+    return q, scale
 
 
 class Int8Linear(nn.Module):
