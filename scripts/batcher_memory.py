@@ -8,7 +8,6 @@ is kept on purpose, the weights, against what the allocator keeps).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import os
 import threading
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from llmkit.heap import return_freed_memory
 from llmkit.inference.sampling import Sampling
 from llmkit.loading import load_model
 from llmkit.serving.batcher import Batcher, Request
@@ -54,7 +54,7 @@ def main() -> None:
                 t.join()
             time.sleep(0.5)
             gc.collect()
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            return_freed_memory()
             print(f"after {clients} clients: RSS {rss_mb()} MB, reachable tensors {reachable_tensor_mb()} MB")
     finally:
         batcher.stop()

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import openai
 
+from llmkit.serving.batcher import IDLE_TRIM_S
+
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["Tell me about the sea.", "What is a good name for a cat?", "Write a short poem about autumn.",
            "How do plants grow?", "Explain what a computer is.", "Why is the sky blue?",
@@ -156,9 +158,11 @@ def measure(model: str, name: str, chat: bool, prompts: list[str], args, root: P
     server = Server(model, options, root / f"{name}.log")
     try:
         one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), name, prompts[0], chat, 4, 0)
+        settle = IDLE_TRIM_S + 2  # an idle batcher hands freed memory back after IDLE_TRIM_S
+        time.sleep(settle)
         idle_mb = server.rss_mb()
         rows = [level(server, name, c, requests, args.seconds, chat, prompts, args.max_tokens) for c in args.levels]
-        time.sleep(1.0)
+        time.sleep(settle)
         after_mb = server.rss_mb()
     finally:
         code = server.stop()

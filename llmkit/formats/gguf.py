@@ -18,8 +18,6 @@ Writing is the reverse, in F32, F16 or Q8_0.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +28,7 @@ import torch
 from llmkit.config import ConfigError, ModelConfig
 from llmkit.errors import LlmkitError
 from llmkit.formats.tables import GPT2_GGUF, LLAMA_GGUF, NameTable, shape_of, shapes_of
+from llmkit.heap import return_freed_memory
 
 TABLES: dict[str, NameTable] = {"llama": LLAMA_GGUF, "gpt2": GPT2_GGUF}
 WRITE_TYPES = ("f32", "f16", "q8_0")
@@ -90,28 +89,11 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, converter=No
     tokenizer = HFTokenizer.from_gguf(fields, config.vocab_size)
     convert = converter(config) if converter is not None else None
     weights = TABLES[arch].to_ours(_Dequantized(tensors, dtype, path), config, shapes_of(config), convert)
-    _return_freed_memory()
+    return_freed_memory()
     quant = sorted({t.tensor_type.name for t in reader.tensors})
     return Checkpoint(config, weights, tokenizer, data={"tokens": None, "command": f"(weights from {path})"},
                       origin={"kind": "imported", "from": str(path), "format": "gguf", "tensor_types": quant},
                       path=path)
-
-
-@functools.cache
-def _malloc_trim():
-    try:
-        return ctypes.CDLL(None).malloc_trim  # glibc's; elsewhere there is none and nothing to do
-    except (OSError, AttributeError):
-        return None
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap's free pages back to the system. Each tensor's float temporaries are freed
-    between small int8 tensors that stay, and glibc keeps such holes mapped: without this, loading
-    SmolLM2 in int8 peaked at 720-910 MB of resident memory for 129 MB of weights (640 with)."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class _Dequantized(Mapping):
@@ -124,8 +106,8 @@ class _Dequantized(Mapping):
         self.untrimmed = 0  # bytes dequantized since the heap was last trimmed
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if self.untrimmed > _TRIM_BYTES:  # earlier tensors' float temporaries, before this one's
-            _return_freed_memory()
+        if self.untrimmed > _TRIM_BYTES:  # earlier tensors' float temporaries, before this one's:
+            return_freed_memory()  # else loading SmolLM2 in int8 peaked at 720-910 MB, not 640
             self.untrimmed = 0
         values = _dequantize(self.tensors[name], self.dtype, self.path)
         self.untrimmed += values.numel() * values.element_size()

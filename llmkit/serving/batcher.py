@@ -28,7 +28,6 @@ OpenAI API's chunks).
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
 from collections import deque
@@ -40,6 +39,7 @@ from torch import nn
 
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.heap import return_freed_memory
 from llmkit.inference.decoding import caches
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
@@ -116,6 +116,10 @@ class _Running:
     @property
     def over(self) -> bool:
         return self.job.cancelled or all(r.done for r in self.rows)
+
+# Once the batch has been empty this long, freed memory goes back to the system (llmkit/heap.py):
+# else a burst of requests would leave the server's resident memory at its peak.
+IDLE_TRIM_S = 1.0
 
 
 class Batcher:
@@ -220,6 +224,8 @@ class Batcher:
         with torch.no_grad():
             while True:
                 with self._lock:
+                    if self._idle_for(IDLE_TRIM_S):  # what the requests' HTTP side freed goes back too
+                        return_freed_memory()
                     while not (self._stopping or self._waiting or self._running):
                         self._lock.wait()
                     if self._stopping:
@@ -239,6 +245,16 @@ class Batcher:
                     if not (self._waiting or self._running):
                         self._lock.notify_all()  # a drain waits for this
         self._fail([r.job for r in self._running], "the server is shutting down", shutdown=True)
+
+    def _idle_for(self, seconds: float) -> bool:
+        """Whether nothing comes to do for `seconds` (under the lock; a wake-up with nothing to do,
+        such as a finished client's cancel, does not end the wait). False at once if work waits."""
+        end = time.monotonic() + seconds
+        while not (self._stopping or self._waiting or self._running):
+            if (left := end - time.monotonic()) <= 0:
+                return True
+            self._lock.wait(left)
+        return False
 
     def _fail(self, jobs: list[Job], message: str, shutdown: bool = False) -> None:
         """Tell each job's client why it ends here, and drop every row (a job told it is done
@@ -340,7 +356,6 @@ class Batcher:
         self._running = staying
         if not staying:
             self._cache = None
-            _release_memory()
         prefer_layout(self.model, max(1, sum(r.job.request.n for r in staying)))
 
     def _room(self, joining: _Running | None = None) -> int:
@@ -361,13 +376,3 @@ class Batcher:
             job.send(event)
         except Exception:  # the client's side is gone (its event loop closed): stop its rows
             job.cancelled = True
-
-
-def _release_memory() -> None:
-    """Give freed memory back to the operating system once the batch is empty: glibc keeps freed
-    blocks below its mmap threshold in the heap, so a burst of requests would leave the server's
-    RSS at its peak (the allocator, not a leak)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
