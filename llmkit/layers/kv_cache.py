@@ -25,6 +25,8 @@ next token is the one it would get alone.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -33,7 +35,10 @@ class LayerCache:
     """One attention layer's keys and values, (B, K, max_len, D), filled up to the cache's length."""
 
     def __init__(self, owner: KVCache, keys: torch.Tensor, values: torch.Tensor):
-        self.owner, self.keys, self.values = owner, keys, values
+        # A weak reference: a strong one would make every cache a reference cycle, whose (often
+        # hundreds of MB of) tensors only the garbage collector frees, long after the cache is
+        # dropped: a server's memory stayed near its peak after a burst.
+        self.owner, self.keys, self.values = weakref.proxy(owner), keys, values
 
     @property
     def positions(self) -> torch.Tensor:
