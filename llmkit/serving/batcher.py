@@ -120,6 +120,9 @@ class _Running:
 # Once the batch has been empty this long, freed memory goes back to the system (llmkit/heap.py):
 # else a burst of requests would leave the server's resident memory at its peak.
 IDLE_TRIM_S = 1.0
+# The weights' layout (llmkit/inference/layout.py) follows the largest batch of the last this many
+# seconds, not every change of the batch's size.
+LAYOUT_S = 5.0
 
 
 class Batcher:
@@ -138,6 +141,7 @@ class Batcher:
         self._waiting: deque[Job] = deque()
         self._running: list[_Running] = []
         self._cache: KVCache | None = None
+        self._recent_rows: deque[tuple[float, int]] = deque()  # (time, batch size): for the layout
         self._lock = threading.Condition()
         self._stopping = self._closed = False  # closed: no new requests (draining); stopping: the thread ends
         self._thread = threading.Thread(target=self._loop, name="llmkit-batcher", daemon=True)
@@ -280,7 +284,7 @@ class Batcher:
         if job.cancelled:
             return
         r = job.request
-        prefer_layout(self.model, sum(x.job.request.n for x in self._running) + r.n)
+        self._layout_for(sum(x.job.request.n for x in self._running) + r.n)
         ids = torch.tensor(r.ids, dtype=torch.long, device=self.device).expand(r.n, -1).contiguous()  # (n, T0)
         generator = torch.Generator(self.device).manual_seed(r.seed)
         cache = None
@@ -356,7 +360,18 @@ class Batcher:
         self._running = staying
         if not staying:
             self._cache = None
-        prefer_layout(self.model, max(1, sum(r.job.request.n for r in staying)))
+        self._layout_for(sum(r.job.request.n for r in staying))
+
+    def _layout_for(self, rows: int) -> None:
+        """The weights' layout for the largest batch of the last LAYOUT_S seconds: each switch
+        copies every matrix (540 MB on SmolLM2 in fp32), and with clients coming and going a batch
+        crossing COLUMNS_UP_TO would switch twice per finished request."""
+        now = time.monotonic()
+        recent = self._recent_rows
+        recent.append((now, max(1, rows)))
+        while recent[0][0] < now - LAYOUT_S:
+            recent.popleft()
+        prefer_layout(self.model, max(n for _, n in recent))
 
     def _room(self, joining: _Running | None = None) -> int:
         """Columns to leave free in a new batch cache: what the rows still need, grown in chunks."""
