@@ -25,12 +25,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-SCALE = "_scale"
+SCALE = "_scale"  # the state-dict suffix of a quantized weight's row scales: `blocks.0.attn.q.weight_scale`
 # Up to this many rows at once the int8 kernel is used, beyond it a dequantized dense matmul. The
 # kernel is vectorised for bfloat16 inputs only (float32 ones take 4-8x longer here), so decoding
 # rows go in as bfloat16; its time grows with the rows, the dense one's hardly: measured on
 # SmolLM2's shapes on a 2-core AVX-512 CPU, they cross near 100 rows.
-KERNEL_ROWS = 64  # the state-dict suffix of a quantized weight's row scales: `blocks.0.attn.q.weight_scale`
+KERNEL_ROWS = 64
 
 
 def quantize_rows(weight: torch.Tensor, slab: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:

@@ -117,6 +117,7 @@ class _Running:
     def over(self) -> bool:
         return self.job.cancelled or all(r.done for r in self.rows)
 
+
 # Once the batch has been empty this long, freed memory goes back to the system (llmkit/heap.py):
 # else a burst of requests would leave the server's resident memory at its peak.
 IDLE_TRIM_S = 1.0
