@@ -119,17 +119,17 @@ def _print(args, path, rows: dict, same_ids: bool, nbytes: int) -> None:
               "same_token_ids": same_ids, "bytes": nbytes, "command": command,
               "rows": {name: {**r, "perplexity": math.exp(r["loss"]), "bits_per_byte": r["loss"] * r["tokens"] / math.log(2) / nbytes}
                        for name, r in rows.items()}}
-    llmkit_ppl = next(iter(report["rows"].values()))["perplexity"]  # the first row: llmkit, fp32 (or --dtypes' first)
+    reference = next(iter(rows))  # the first row: llmkit in fp32, or in --dtypes' first
     for r in report["rows"].values():
-        r["relative_to_llmkit"] = r["perplexity"] / llmkit_ppl - 1
+        r["relative_to_llmkit"] = r["perplexity"] / report["rows"][reference]["perplexity"] - 1
     if args.json:
         print(json.dumps(report))
         return
     print(f"command: {command}\n{path.name} on {args.text}: context {args.context}, stride {args.stride}, "
-          f"{next(iter(rows.values()))['tokens']:,} tokens scored; token ids identical: {same_ids}")
+          f"{rows[reference]['tokens']:,} tokens scored; token ids identical: {same_ids}")
     for name, r in report["rows"].items():
         print(f"  {name:<28} perplexity {r['perplexity']:.4f}  bits/byte {r['bits_per_byte']:.4f}  "
-              f"({r['tokens']:,} tokens, {r['seconds']:.0f} s; {r['relative_to_llmkit']:+.2e} vs {next(iter(rows))})")
+              f"({r['tokens']:,} tokens, {r['seconds']:.0f} s; {r['relative_to_llmkit']:+.2e} vs {reference})")
 
 
 if __name__ == "__main__":
