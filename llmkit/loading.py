@@ -152,13 +152,20 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
 
 
 def load_model(name: str | Path, which: str = "best", device: torch.device | str = "cpu",
-               merge: bool = False, dtype: str | torch.dtype = torch.float32) -> LoadedModel:
+               merge: bool = False, dtype: str | torch.dtype = torch.float32, compile: bool = False) -> LoadedModel:
     """The model NAME names (see the module docstring), ready to run on `device` in `dtype`
-    (torch.float32, or "fp32" | "bf16" | "fp16")."""
+    (torch.float32, or "fp32" | "bf16" | "fp16" | "int8"); with `compile`, it decodes through a
+    compiled step (llmkit/inference/compiled.py)."""
     if isinstance(dtype, str) and dtype in QUANTIZED:
-        return _load_int8(name, which, device)
-    dtype = inference_dtype(dtype, device) if isinstance(dtype, str) else dtype
-    return model_from_checkpoint(read_checkpoint(name, which, dtype), device, merge, dtype)
+        loaded = _load_int8(name, which, device)
+    else:
+        dtype = inference_dtype(dtype, device) if isinstance(dtype, str) else dtype
+        loaded = model_from_checkpoint(read_checkpoint(name, which, dtype), device, merge, dtype)
+    if compile:
+        from llmkit.inference.compiled import compile_decoding
+
+        compile_decoding(loaded.model)
+    return loaded
 
 
 def _load_int8(name: str | Path, which: str, device: torch.device | str) -> LoadedModel:

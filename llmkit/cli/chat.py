@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from llmkit.cli.options import (
+    Compile,
     Dtype,
     MaxNewTokens,
     MinP,
@@ -41,6 +42,7 @@ def chat(
     repetition_penalty: RepetitionPenalty = 1.0,
     seed: Seed = None,
     dtype: Dtype = "fp32",
+    compile_step: Compile = False,
     device: RunDevice = "auto",
     checkpoint: Annotated[str, typer.Option(help="best or latest, for a run directory.")] = "best",
 ) -> None:
@@ -58,7 +60,7 @@ def chat(
 
     settings = GenerationSettings(max_new_tokens, Sampling(temperature, top_k, top_p, min_p, repetition_penalty),
                                   context="stop")
-    loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype)
+    loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
     conversation = Conversation(loaded.tokenizer, loaded.path, system)  # refuses a model without a template
     interactive = sys.stdin.isatty()
     if interactive:

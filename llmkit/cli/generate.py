@@ -11,6 +11,7 @@ import typer
 
 from llmkit.cli.options import (
     Checkpoint,
+    Compile,
     Dtype,
     MaxNewTokens,
     MinP,
@@ -57,6 +58,7 @@ def generate(
                                        "in the model's chat template; prints the answer alone.")] = False,
     system: System = None,
     dtype: Dtype = "fp32",
+    compile_step: Compile = False,
 ) -> None:
     """Continue a prompt with a trained model, streaming the text to stdout.
 
@@ -73,7 +75,7 @@ def generate(
 
     settings = GenerationSettings(max_new_tokens, Sampling(temperature, top_k, top_p, min_p, repetition_penalty),
                                   tuple(stop or ()), num_samples, beam, length_penalty, context, cache)
-    loaded = load_model(run, checkpoint, resolve_device(device), dtype=dtype)  # before stdin: bad runs fail at once
+    loaded = load_model(run, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)  # before stdin: bad runs fail at once
     loaded.require("generates", run)
     texts = _read_prompts(prompt, prompts)
     if not loaded.generates:  # a seq2seq run translates each line

@@ -32,6 +32,9 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, repla
 Dtype = Annotated[str, typer.Option(help="fp32, bf16 (half the memory and the bytes read per token), fp16 "
                                     "(GPUs) or int8 (CPU: matrices in int8, a quarter of fp32's bytes): the "
                                     "weights' dtype while generating.")]
+Compile = Annotated[bool, typer.Option("--compile", help="Decode through a compiled step (torch.compile): "
+                                       "faster per token after a one-off compile of tens of seconds; for long "
+                                       "answers and servers.")]
 
 # Sampling, shared by generate and chat. The defaults are llmkit.inference.sampling.TEMPERATURE
 # and TOP_K (a test keeps them equal).

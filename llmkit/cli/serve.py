@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from llmkit.cli.options import Checkpoint, Dtype, Model, RunDevice
+from llmkit.cli.options import Checkpoint, Compile, Dtype, Model, RunDevice
 from llmkit.errors import LlmkitError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -31,6 +31,7 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(
         min=0, max=3600, help="On SIGTERM or Ctrl-C, seconds running requests get to finish.")] = 10.0,
     dtype: Dtype = "fp32",
+    compile_step: Compile = False,
     device: RunDevice = "auto",
     checkpoint: Checkpoint = "best",
 ) -> None:
@@ -54,7 +55,7 @@ def serve(
     served = name if name is not None else os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
     if not served or len(served) > 200 or not served.isprintable():
         raise LlmkitError("--name must be 1 to 200 printable characters")
-    loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype)
+    loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
     loaded.require("generates", model)
     if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
         raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")

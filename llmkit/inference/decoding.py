@@ -19,9 +19,10 @@ from torch import nn
 
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
+from llmkit.inference.compiled import cache_type, compiled, compiled_logits
 from llmkit.inference.layout import prefer_layout
 from llmkit.inference.sampling import Sampling, next_token
-from llmkit.layers.kv_cache import KVCache
+from llmkit.layers.kv_cache import FixedKVCache, KVCache
 
 
 def caches(model: nn.Module) -> bool:
@@ -29,6 +30,20 @@ def caches(model: nn.Module) -> bool:
     from llmkit.models.single_block_transformer import SingleBlockTransformer
 
     return isinstance(model, SingleBlockTransformer)
+
+
+def new_cache(model: nn.Module, batch: int, max_len: int, pad: torch.Tensor | None = None) -> KVCache:
+    """An empty KV cache for `batch` rows of up to `max_len` columns, of the kind the model
+    decodes with (fixed-size when its step is compiled, llmkit/inference/compiled.py)."""
+    return cache_type(model).for_model(model, batch, max_len, pad)
+
+
+def next_logits(model: nn.Module, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """(B, T) ids continuing what `cache` holds -> (B, V) logits for the token after them; one new
+    column through the compiled step when there is one."""
+    if ids.shape[1] == 1 and compiled(model) and isinstance(cache, FixedKVCache):
+        return compiled_logits(model, ids, cache)
+    return model.logits(model.hidden(ids, cache=cache)[:, -1])
 
 
 class ContextFull(Exception):
@@ -79,10 +94,10 @@ def generate_batch(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, sam
             keep = min(tokens.shape[1], block // 2 if sliding else room)
             window_pad = (pad0 - (tokens.shape[1] - keep)).clamp_min(0)
             size = min(room, keep + max_new_tokens - step) if use_cache else keep
-            cache = KVCache.for_model(model, tokens.shape[0], size, window_pad if bool(window_pad.any()) else None)
-            logits = model.logits(model.hidden(tokens[:, -keep:], cache=cache)[:, -1])
+            cache = new_cache(model, tokens.shape[0], size, window_pad if bool(window_pad.any()) else None)
+            logits = next_logits(model, tokens[:, -keep:], cache)
         elif cached:
-            logits = model.logits(model.hidden(tokens[:, -1:], cache=cache)[:, -1])
+            logits = next_logits(model, tokens[:, -1:], cache)
         elif pad is not None:  # no key mask in the small rungs: each row alone, without its padding
             logits = torch.cat([model(tokens[b : b + 1, int(pad0[b]) :][:, -block:])[:, -1]
                                 for b in range(tokens.shape[0])])

@@ -9,7 +9,9 @@ matrices, fp32): 55 ms per token for rows, 39 ms for columns. With four or more 
 rows layout is faster again (about 20%), and bf16 gains nothing, so the layout follows the batch.
 
 Only the storage changes: the Parameter objects (and a tied head's sharing with the embedding)
-stay, and every result is the same.
+stay, and every result is the same. A model whose decoding step is compiled keeps the layout it
+was compiled with (llmkit/inference/compiled.py): its graph was traced for those strides, and a
+switch would cost a new compilation.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ COLUMNS_UP_TO = 2  # batches this small decode faster from the columns layout (f
 
 def prefer_layout(model: nn.Module, batch: int) -> None:
     """Store the model's linear weights in the layout that decodes `batch` rows fastest."""
+    if getattr(model, "compiled_decoding", False):
+        return
     parameter = next(model.parameters())
     columns = parameter.device.type == "cpu" and parameter.dtype == torch.float32 and batch <= COLUMNS_UP_TO
     if getattr(model, "_weights_by_columns", False) == columns:

@@ -33,24 +33,26 @@ if TYPE_CHECKING:
 
 
 def attention_mask(T: int, S: int, causal: bool, key_mask: torch.Tensor | None,
-                   device: torch.device) -> torch.Tensor | None:
+                   device: torch.device, first: torch.Tensor | None = None) -> torch.Tensor | None:
     """Boolean mask broadcastable to (B, H, T, S), True where a query may look; None for "all".
 
-    Causal: the T queries are the last T of the S positions (S > T when keys come from a cache), so
-    query i sits at position S - T + i and sees keys 0 .. S - T + i. With a key mask as well, each
-    query still sees itself: a padding query would otherwise see nothing, and its softmax over no
-    keys would be NaN (harmless to itself, but NaN * 0 is NaN in later matmuls).
+    Query i sits at column first + i of the S keys: by default the T queries are the last T of
+    them (first = S - T; S > T when keys come from a cache), while a fixed-size cache has free
+    columns after its queries and says where they are (a (1,) tensor). Causal: query i sees keys
+    0 .. first + i. With a key mask as well, each query still sees itself: a padding query would
+    otherwise see nothing, and its softmax over no keys would be NaN (harmless to itself, but
+    NaN * 0 is NaN in later matmuls).
     """
-    mask = None
-    if causal:
-        mask = torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
-    if key_mask is not None:
-        keys = key_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, S)
-        if mask is None:
-            return keys
-        itself = torch.arange(S, device=device)[None, :] == torch.arange(S - T, S, device=device)[:, None]
-        mask = (mask & keys) | itself
-    return mask
+    if not causal and key_mask is None:
+        return None
+    keys = torch.arange(S, device=device)[None, :]  # (1, S)
+    queries = torch.arange(T, device=device)[:, None] + (S - T if first is None else first)  # (T, 1)
+    if key_mask is None:
+        return keys <= queries
+    mask = key_mask.to(torch.bool)[:, None, None, :]  # (B, 1, 1, S)
+    if not causal:
+        return mask
+    return ((keys <= queries) & mask) | (keys == queries)
 
 
 class Attention(nn.Module):
@@ -96,14 +98,14 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, K, S, D): every position so far
             key_mask = cache.key_mask
-        y = self._attend(q, k, v, key_mask)  # (B, H, T, D)
+        y = self._attend(q, k, v, key_mask, None if cache is None else cache.first)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj_dropout(self.proj(y))
 
-    def _attend(self, q, k, v, key_mask):
-        """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D). With GQA (K < H) each key/value
-        head serves H / K query heads: the fused kernel reads them in place (enable_gqa), the
-        written-out path repeats them."""
+    def _attend(self, q, k, v, key_mask, first=None):
+        """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D); `first`: the column of the first
+        query (attention_mask). With GQA (K < H) each key/value head serves H / K query heads: the
+        fused kernel reads them in place (enable_gqa), the written-out path repeats them."""
         T, S = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if not self.explicit:
@@ -113,14 +115,14 @@ class Attention(nn.Module):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, **gqa)
             if key_mask is None and self.causal and T == 1:  # one new query after a cache sees every key
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
-            mask = attention_mask(T, S, self.causal, key_mask, q.device)
+            mask = attention_mask(T, S, self.causal, key_mask, q.device, first)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         # The same computation written out, keeping the weights for plots.
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
-        mask = attention_mask(T, S, self.causal, key_mask, q.device)
+        mask = attention_mask(T, S, self.causal, key_mask, q.device, first)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores.float(), dim=-1).type_as(q)

@@ -25,51 +25,84 @@ next token is the one it would get alone.
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
+
+
+class Pass:
+    """The forward pass in progress, as every layer of one cache sees it (set by `KVCache.begin`).
+    The layers hold this, not their cache: a layer pointing back at its cache would make every
+    cache a reference cycle, whose (often hundreds of MB of) tensors only the garbage collector
+    frees, long after the cache is dropped (a server's memory stayed near its peak after a burst)."""
+
+    def __init__(self, device: torch.device):
+        self.start = 0  # columns cached before this pass
+        self.columns = torch.zeros(0, dtype=torch.long, device=device)  # (T,) the columns it writes
+        self.positions = self.columns  # (T,) or (B, T): the new columns' positions
+        self.key_mask: torch.Tensor | None = None  # (B, S): False at padding (and at free columns, fixed)
 
 
 class LayerCache:
     """One attention layer's keys and values, (B, K, max_len, D), filled up to the cache's length."""
 
-    def __init__(self, owner: KVCache, keys: torch.Tensor, values: torch.Tensor):
-        # A weak reference: a strong one would make every cache a reference cycle, whose (often
-        # hundreds of MB of) tensors only the garbage collector frees, long after the cache is
-        # dropped: a server's memory stayed near its peak after a burst.
-        self.owner, self.keys, self.values = weakref.proxy(owner), keys, values
+    def __init__(self, now: Pass, keys: torch.Tensor, values: torch.Tensor):
+        self.now, self.keys, self.values = now, keys, values
 
     @property
     def positions(self) -> torch.Tensor:
-        return self.owner.new_positions
+        return self.now.positions
 
     @property
     def key_mask(self) -> torch.Tensor | None:
-        return self.owner.key_mask
+        return self.now.key_mask
+
+    @property
+    def first(self) -> torch.Tensor | None:
+        """The column of the first new query among those `append` returns; None: the new queries
+        are the last columns."""
+        return None
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions' (B, K, T, D) keys and values; return all of them so far."""
-        start, end = self.owner.length, self.owner.length + k.shape[2]
+        start, end = self.now.start, self.now.start + k.shape[2]
         self.keys[:, :, start:end] = k
         self.values[:, :, start:end] = v
         return self.keys[:, :, :end], self.values[:, :, :end]
 
 
+class FixedLayerCache(LayerCache):
+    """A layer of a FixedKVCache: keys and values written at the pass's columns (a tensor, not a
+    Python number), and every column returned, the free ones masked."""
+
+    @property
+    def first(self) -> torch.Tensor:
+        return self.now.columns[:1]
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys.index_copy_(2, self.now.columns, k)
+        self.values.index_copy_(2, self.now.columns, v)
+        return self.keys, self.values
+
+
 class KVCache:
+    layer_type = LayerCache
+    # Storage starts uninitialised: only written columns are read, and untouched pages of a long
+    # cache cost no memory. (A FixedKVCache reads every column: its free ones must be zeros, since
+    # garbage that is NaN stays NaN times a zero attention weight.)
+    new_storage = staticmethod(torch.empty)
+
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
                  dtype: torch.dtype, device: torch.device, pad: torch.Tensor | None = None,
                  positions: int | None = None):
         """`positions`: how many positions the model knows (its block_size; default max_len).
         A row may hold more columns than that only while it is finished and fed placeholders."""
         shape = (batch, n_kv_head, max_len, head_dim)
-        self.layers = [LayerCache(self, torch.empty(shape, dtype=dtype, device=device),
-                                  torch.empty(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
+        self.now = Pass(torch.device(device))
+        self.layers = [self.layer_type(self.now, self.new_storage(shape, dtype=dtype, device=device),
+                                       self.new_storage(shape, dtype=dtype, device=device)) for _ in range(n_layer)]
         self.max_len, self.length, self.position_limit = max_len, 0, positions or max_len
-        self.batch = batch
+        self.batch, self.device = batch, torch.device(device)
         self.pad = pad if pad is not None and bool(pad.any()) else None  # (B,) padding columns per row
-        self.new_positions = torch.zeros(0, dtype=torch.long, device=device)
-        self.key_mask: torch.Tensor | None = None
 
     @classmethod
     def for_model(cls, model: nn.Module, batch: int, max_len: int | None = None,
@@ -82,16 +115,22 @@ class KVCache:
     def begin(self, new: int) -> torch.Tensor:
         """Called by the model before a forward pass over `new` columns: returns the new columns'
         positions, (new,) or (B, new) with padding, and sets the key mask over all columns."""
+        now = self.now
+        now.columns = self._columns(new)
+        now.start = self.length
+        if self.pad is None:
+            now.positions = now.columns.clamp_max(self.position_limit - 1)
+        else:
+            now.positions = (now.columns[None] - self.pad[:, None]).clamp(0, self.position_limit - 1)
+            every = torch.arange(self.length + new, device=self.device)
+            now.key_mask = every[None] >= self.pad[:, None]  # (B, S): False at padding
+        return now.positions
+
+    def _columns(self, new: int) -> torch.Tensor:
+        """(new,) the columns a pass over `new` columns writes, refused when they do not fit."""
         if self.length + new > self.max_len:
             raise ValueError(f"the cache holds {self.max_len} positions; {self.length} + {new} do not fit")
-        columns = torch.arange(self.length, self.length + new, device=self.new_positions.device)
-        if self.pad is None:
-            self.new_positions = columns.clamp_max(self.position_limit - 1)
-        else:
-            self.new_positions = (columns[None] - self.pad[:, None]).clamp(0, self.position_limit - 1)
-            every = torch.arange(self.length + new, device=columns.device)
-            self.key_mask = every[None] >= self.pad[:, None]  # (B, S): False at padding
-        return self.new_positions
+        return torch.arange(self.length, self.length + new, device=self.device)
 
     def end(self, new: int) -> None:
         """Called by the model after the forward pass: the new columns are now cached."""
@@ -101,15 +140,15 @@ class KVCache:
         """(B,) padding columns per row (zeros when there is none)."""
         if self.pad is not None:
             return self.pad
-        return torch.zeros(self.batch, dtype=torch.long, device=self.new_positions.device)
+        return torch.zeros(self.batch, dtype=torch.long, device=self.device)
 
-    @classmethod
-    def gather(cls, parts: list[tuple[KVCache, torch.Tensor]], room: int) -> KVCache:
+    @staticmethod
+    def gather(parts: list[tuple[KVCache, torch.Tensor]], room: int) -> KVCache:
         """A new cache holding, in order, the rows `rows` (B_i,) of each (cache, rows) part, each
         right-aligned to the longest, with `room` more columns free to decode into. Columns that
         are padding in every kept row are dropped, so the cache is only as long as its longest
         real row. New padding is zeros (masked out; never garbage, whose NaN could survive the
-        mask as NaN * 0)."""
+        mask as NaN * 0). The new cache is of the first part's kind (KVCache or FixedKVCache)."""
         pads = [cache.padding()[rows] + 0 for cache, rows in parts]
         lengths = [cache.length for cache, _ in parts]
         # Right-align: row b of part i starts at column (L - length_i) + pad_b; drop the common left padding.
@@ -121,7 +160,7 @@ class KVCache:
         keys0 = first.layers[0].keys
         n_kv, head_dim = keys0.shape[1], keys0.shape[3]
         batch = int(sum(len(rows) for _, rows in parts))
-        new = cls(len(first.layers), batch, n_kv, head_dim, length + room, keys0.dtype, keys0.device,
+        new = type(first)(len(first.layers), batch, n_kv, head_dim, length + room, keys0.dtype, keys0.device,
                   starts - drop, first.position_limit)
         for layer, new_layer in enumerate(new.layers):
             row = 0
@@ -136,3 +175,25 @@ class KVCache:
                 row += len(rows)
         new.length = length
         return new
+
+
+class FixedKVCache(KVCache):
+    """The same cache with shapes that do not change from step to step, for a compiled decoding
+    step (llmkit/inference/compiled.py): each layer attends over all max_len columns, the free
+    ones masked, and new keys and values are written at columns given as a tensor. A compiled
+    graph reruns for every step only when nothing it was traced with changes: with KVCache the
+    returned keys grow by a column each step, and the write position is a Python number."""
+
+    layer_type = FixedLayerCache
+    new_storage = staticmethod(torch.zeros)
+
+    def begin(self, new: int) -> torch.Tensor:
+        """Positions (B, new), always per row; the key mask (B, max_len) is True at the real
+        columns filled so far and the new ones (`first` tells attention where the queries are)."""
+        now, pad = self.now, self.padding()
+        now.columns = self._columns(new)
+        now.start = self.length
+        now.positions = (now.columns[None] - pad[:, None]).clamp(0, self.position_limit - 1)
+        every = torch.arange(self.max_len, device=self.device)[None]  # (1, max_len)
+        now.key_mask = (every >= pad[:, None]) & (every < self.length + new)
+        return now.positions

@@ -11,8 +11,6 @@ position information is either added to the token vectors or rotated into querie
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
@@ -46,10 +44,22 @@ def sinusoid_table(block_size: int, dim: int) -> torch.Tensor:
     return table
 
 
-@functools.lru_cache(maxsize=16)
+_TABLES: dict[tuple, tuple[torch.Tensor, ...]] = {}  # (kind, block_size, dim, base, device) -> tables
+
+
 def _fixed_table(kind: str, block_size: int, dim: int, base: float, device: str) -> tuple[torch.Tensor, ...]:
     """The fixed tables of a model's positions, made once per shape and device and shared by every
-    layer (a 30-layer model with 8,192 positions would otherwise hold 30 copies of its RoPE table)."""
+    layer (a 30-layer model with 8,192 positions would otherwise hold 30 copies of its RoPE table).
+    A plain dict, not functools.lru_cache: torch.compile reads a dict's tensors as constants of the
+    graph, but traces through an lru_cache and would compute the table again at every step."""
+    key = (kind, block_size, dim, base, device)
+    made = _TABLES.get(key)
+    if made is None:
+        made = _TABLES[key] = _make_table(kind, block_size, dim, base, device)
+    return made
+
+
+def _make_table(kind: str, block_size: int, dim: int, base: float, device: str) -> tuple[torch.Tensor, ...]:
     if kind == "sinusoidal":
         return (sinusoid_table(block_size, dim).to(device),)
     inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (D/2,)
@@ -93,7 +103,11 @@ class RoPE(nn.Module):
         positions. The last answer is kept, since every layer (and keys as well as queries) asks
         for the same positions in one forward pass: one lookup per step instead of 4 per layer."""
         key = (self.head_dim, self.block_size, self.base, x.device, x.dtype, x.shape[-2])
-        last = _LAST_ANGLES[0]
+        # Compiled (torch.compile), the lookup is fused into the graph and costs nothing, and the
+        # memo must not be used: the graph would keep whichever angles it was traced with (seen:
+        # a compiled SmolLM2 lost the greedy tokens from the third decoding step on).
+        memo = not torch.compiler.is_compiling()
+        last = _LAST_ANGLES[0] if memo else None
         if last is not None and last[0] is positions and last[1] == key:
             return last[2]
         cos, sin = self.tables(x.device)
@@ -105,7 +119,8 @@ class RoPE(nn.Module):
             if positions.dim() == 2:  # (B, T, D) -> (B, 1, T, D): the same angles for every head
                 cos, sin = cos[:, None], sin[:, None]
         angles = cos.to(x.dtype), sin.to(x.dtype)
-        _LAST_ANGLES[0] = (positions, key, angles)
+        if memo:
+            _LAST_ANGLES[0] = (positions, key, angles)
         return angles
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,10 +48,17 @@ class SingleBlockTransformer(nn.Module):
             positions = real_positions(mask)
             x = self.embed(idx, positions)
             return self.norm_f(run_blocks(self.blocks, x, self.grad_checkpointing, mask, positions=positions))
-        x = self.embed(idx, cache.begin(idx.shape[1]))
-        for block, layer in zip(self.blocks, cache.layers):
-            x = block(x, cache=layer)
+        x = self.continued(idx, cache.begin(idx.shape[1]), cache.layers)
         cache.end(idx.shape[1])
+        return x
+
+    def continued(self, idx: torch.Tensor, positions: torch.Tensor, layers: list, through=None) -> torch.Tensor:
+        """hidden() over new columns whose keys and values join `layers` (one LayerCache per
+        block), the cache's bookkeeping left to the caller. `through(block, x, layer)`, if given,
+        runs each block instead of calling it: a compiled block (llmkit/inference/compiled.py)."""
+        x = self.embed(idx, positions)
+        for block, layer in zip(self.blocks, layers):
+            x = block(x, cache=layer) if through is None else through(block, x, layer)
         return self.norm_f(x)
 
     def forward(self, idx: torch.Tensor, mask: torch.Tensor | None = None,

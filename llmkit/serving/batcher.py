@@ -40,7 +40,7 @@ from torch import nn
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.heap import return_freed_memory
-from llmkit.inference.decoding import caches
+from llmkit.inference.decoding import caches, new_cache, next_logits
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
 from llmkit.inference.sampling import Sampling, next_token
@@ -290,8 +290,8 @@ class Batcher:
         generator = torch.Generator(self.device).manual_seed(r.seed)
         cache = None
         if self.cached:
-            cache = KVCache.for_model(self.model, r.n, ids.shape[1] + min(r.max_tokens - 1, GROW))
-            logits = self.model.logits(self.model.hidden(ids, cache=cache)[:, -1])
+            cache = new_cache(self.model, r.n, ids.shape[1] + min(r.max_tokens - 1, GROW))
+            logits = next_logits(self.model, ids, cache)
         else:
             logits = self.model(ids[:, -self.block :])[:, -1]
         rows = [RowText(Completion("", i), self.tokenizer, r.stops, self.end_id) for i in range(r.n)]
@@ -316,7 +316,7 @@ class Batcher:
                 cache = self._cache = KVCache.gather([(cache, torch.arange(cache.batch, device=self.device))],
                                                      self._room())
             last = torch.cat([r.history[:, -1:] for r in self._running])  # (B, 1)
-            logits = self.model.logits(self.model.hidden(last, cache=cache)[:, -1])  # (B, V)
+            logits = next_logits(self.model, last, cache)  # (B, V)
         row = 0
         for running in self._running:
             n = running.job.request.n
