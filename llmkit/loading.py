@@ -28,7 +28,7 @@ from llmkit.config import ModelConfig
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.layers.lora import add_lora, merge_lora
-from llmkit.layers.quantized import SCALE, Int8Linear, make_int8, quantize_model, quantized_names, quantizer
+from llmkit.layers.quantized import make_quantized, quantize_model, quantized_names, quantizer, stored_kinds
 from llmkit.models import meta_model
 from llmkit.run import checkpoint_path
 
@@ -83,8 +83,8 @@ class LoadedModel:
 # Short names of pretrained models: the dataset that downloads each (llmkit download NAME) and its file.
 MODELS = {"smollm2": ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Weight-only formats (llmkit/layers/quantized.py): the matrices in int8, the rest in float32.
-QUANTIZED = ("int8",)
+# Weight-only formats (llmkit/layers/quantized.py): the matrices in int8 or int4, the rest in float32.
+QUANTIZED = ("int8", "int4")
 
 
 def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = torch.float32,
@@ -109,14 +109,14 @@ def read_checkpoint(name: str | Path, which: str = "best", dtype: torch.dtype = 
 
 
 def inference_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """--dtype fp32 | bf16 | fp16 | int8, refused where this device cannot run it; for int8, the
-    dtype of everything but the int8 matrices."""
+    """--dtype fp32 | bf16 | fp16 | int8 | int4, refused where this device cannot run it; for int8
+    and int4, the dtype of everything but the quantized matrices."""
     if name not in DTYPES and name not in QUANTIZED:
         raise LlmkitError(f"--dtype must be {', '.join([*DTYPES, *QUANTIZED])}, got '{name}'")
     device = torch.device(device)
     if name in QUANTIZED:
         if device.type != "cpu":
-            raise LlmkitError(f"--dtype {name} runs on the CPU only (PyTorch's int8 kernel here is a CPU one)",
+            raise LlmkitError(f"--dtype {name} runs on the CPU only (PyTorch's {name} kernel here is a CPU one)",
                               hint="on a GPU use --dtype bf16")
         return torch.float32
     if name == "fp16" and device.type == "cpu":
@@ -132,9 +132,9 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
     """Build the checkpoint's model with its weights. A LoRA checkpoint comes with its adapters,
     or with them folded into the weights when `merge` is set."""
     model = meta_model(checkpoint.model_config)  # no memory until the weights arrive: assigned, not copied
-    int8 = {name.removesuffix(SCALE) for name in checkpoint.weights if name.endswith(SCALE)}
-    if int8:  # quantized while read: the modules take int8 rows and scales
-        make_int8(model, int8)
+    quantized = stored_kinds(checkpoint.weights)
+    if quantized:  # quantized while read: the modules take int8 rows and scales, or int4 groups
+        make_quantized(model, quantized)
     if checkpoint.lora is not None:
         add_lora(model, checkpoint.lora)
     try:
@@ -154,10 +154,10 @@ def model_from_checkpoint(checkpoint: Checkpoint, device: torch.device | str = "
 def load_model(name: str | Path, which: str = "best", device: torch.device | str = "cpu",
                merge: bool = False, dtype: str | torch.dtype = torch.float32, compile: bool = False) -> LoadedModel:
     """The model NAME names (see the module docstring), ready to run on `device` in `dtype`
-    (torch.float32, or "fp32" | "bf16" | "fp16" | "int8"); with `compile`, it decodes through a
+    (torch.float32, or "fp32" | "bf16" | "fp16" | "int8" | "int4"); with `compile`, it decodes through a
     compiled step (llmkit/inference/compiled.py)."""
     if isinstance(dtype, str) and dtype in QUANTIZED:
-        loaded = _load_int8(name, which, device)
+        loaded = _load_quantized(name, which, device, dtype)
     else:
         dtype = inference_dtype(dtype, device) if isinstance(dtype, str) else dtype
         loaded = model_from_checkpoint(read_checkpoint(name, which, dtype), device, merge, dtype)
@@ -168,15 +168,15 @@ def load_model(name: str | Path, which: str = "best", device: torch.device | str
     return loaded
 
 
-def _load_int8(name: str | Path, which: str, device: torch.device | str) -> LoadedModel:
-    """The model with its matrices in int8: quantized tensor by tensor while a GGUF file is read,
-    else once the float model is built (a LoRA run merged first: adapters need float weights)."""
-    dtype = inference_dtype("int8", device)
+def _load_quantized(name: str | Path, which: str, device: torch.device | str, kind: str) -> LoadedModel:
+    """The model with its matrices in int8 or int4: quantized tensor by tensor while a GGUF file is
+    read, else once the float model is built (a LoRA run merged first: adapters need float weights)."""
+    dtype = inference_dtype(kind, device)
 
     def converter(config: ModelConfig):
-        return quantizer(quantized_names(meta_model(config)))
+        return quantizer(quantized_names(meta_model(config), kind))
 
     loaded = model_from_checkpoint(read_checkpoint(name, which, dtype, converter=converter), device, True, dtype)
-    if not any(isinstance(m, Int8Linear) for m in loaded.model.modules()):
-        quantize_model(loaded.model)
+    if not stored_kinds(loaded.model.state_dict()):
+        quantize_model(loaded.model, kind)
     return loaded

@@ -18,7 +18,7 @@ def export(
                                         "tokenizer files); gguf: one GGUF file for llama.cpp and Ollama.")] = "hf",
     checkpoint: Checkpoint = "best",
     force: Annotated[bool, typer.Option("--force", help="Replace what is already at --out.")] = False,
-    type: Annotated[str, typer.Option("--type", help="gguf: the weights' type, f32, f16 or q8_0.")] = "f16",
+    type: Annotated[str, typer.Option("--type", help="gguf: the weights' type, f32, f16, q8_0 or q4_1 (4-bit blocks; embedding and head q8_0).")] = "f16",
 ) -> None:
     """Write a GPT-2- or Llama-shaped run in another library's format; prints the files written.
 

@@ -30,7 +30,8 @@ JudgeModel = Annotated[Optional[str], typer.Option(help="The judge's model name 
                                                    show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Start again, replacing the run's checkpoints.")]
 Dtype = Annotated[str, typer.Option(help="fp32, bf16 (half the memory and the bytes read per token), fp16 "
-                                    "(GPUs) or int8 (CPU: matrices in int8, a quarter of fp32's bytes): the "
+                                    "(GPUs), int8 (CPU: matrices in int8, a quarter of fp32's bytes) or int4 (CPU: "
+                                    "the blocks' matrices in 4-bit groups, a Q4_1 file's own weights): the "
                                     "weights' dtype while generating.")]
 Compile = Annotated[bool, typer.Option("--compile", help="Decode through a compiled step (torch.compile): "
                                        "faster per token after a one-off compile of tens of seconds; for long "

@@ -13,7 +13,8 @@ Reading dequantizes every tensor to the dtype asked for and renames it through a
 (llmkit/formats/tables.py): llama.cpp's `llama` architecture is llmkit's gpt with RoPE, RMSNorm and
 SwiGLU, its `gpt2` is GPT-2. llama.cpp's converter stores the query and key rows of each head in
 its own rotary order (pairs instead of halves); the table puts them back (`rope_q`, `rope_k`).
-Writing is the reverse, in F32, F16 or Q8_0.
+Writing is the reverse, in F32, F16, Q8_0 or Q4_1 (whose token embedding and head stay Q8_0, as
+llama.cpp keeps them at 8 bits).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from llmkit.formats.tables import GPT2_GGUF, LLAMA_GGUF, NameTable, shape_of, sh
 from llmkit.heap import return_freed_memory
 
 TABLES: dict[str, NameTable] = {"llama": LLAMA_GGUF, "gpt2": GPT2_GGUF}
-WRITE_TYPES = ("f32", "f16", "q8_0")
+WRITE_TYPES = ("f32", "f16", "q8_0", "q4_1")
 MAGIC = b"GGUF"
 _SLAB_VALUES = 1 << 20  # dequantized a million values (4 MB of float32) at a time
 _TRIM_BYTES = 32 << 20  # the heap is trimmed after this much (each trim costs milliseconds)
@@ -198,8 +199,8 @@ def config_from_gguf(arch: str, fields: dict, tensors: dict, path: Path) -> Mode
 
 def write_gguf(model: torch.nn.Module, config: ModelConfig, tokenizer, path: Path, tensor_type: str = "f16",
                name: str = "llmkit") -> Path:
-    """`model` as a GGUF file that llama.cpp (and transformers' GGUF loader) reads: F32, F16 or
-    Q8_0 weights (norms and biases stay F32, as llama.cpp's converter keeps them)."""
+    """`model` as a GGUF file that llama.cpp (and transformers' GGUF loader) reads: F32, F16, Q8_0
+    or Q4_1 weights (norms and biases stay F32, as llama.cpp's converter keeps them)."""
     import gguf
 
     from llmkit.files import atomic_path
@@ -225,7 +226,7 @@ def write_gguf(model: torch.nn.Module, config: ModelConfig, tokenizer, path: Pat
             writer.add_layer_norm_rms_eps(config.norm_eps)
         else:
             writer.add_layer_norm_eps(config.norm_eps)
-        writer.add_file_type({"f32": 0, "f16": 1, "q8_0": 7}[tensor_type])
+        writer.add_file_type({"f32": 0, "f16": 1, "q4_1": 3, "q8_0": 7}[tensor_type])
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(fields["pre"])
         writer.add_token_list(fields["tokens"])
@@ -256,10 +257,11 @@ def _add_tensor(writer, name: str, array: np.ndarray, tensor_type: str) -> None:
         writer.add_tensor(name, array.astype(np.float32))
     elif tensor_type == "f16":
         writer.add_tensor(name, array.astype(np.float16))
-    elif array.shape[-1] % 32:  # Q8_0 packs rows in blocks of 32
+    elif array.shape[-1] % 32:  # Q8_0 and Q4_1 pack rows in blocks of 32
         writer.add_tensor(name, array.astype(np.float16))
     else:
-        kind = GGMLQuantizationType.Q8_0
+        eight = tensor_type == "q8_0" or name in ("token_embd.weight", "output.weight")
+        kind = GGMLQuantizationType.Q8_0 if eight else GGMLQuantizationType.Q4_1
         writer.add_tensor(name, quantize(array.astype(np.float32), kind), raw_dtype=kind)
 
 
