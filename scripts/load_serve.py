@@ -10,6 +10,7 @@ client's, measured in the same run (the issue's goal: 8 clients >= 3x one). Boun
     .venv/bin/python scripts/load_serve.py                      # smollm2 and a char model made here
     .venv/bin/python scripts/load_serve.py --model runs/shakespeare_char --levels 1,8
     .venv/bin/python scripts/load_serve.py --json > load.json
+    .venv/bin/python scripts/load_serve.py --model smollm2 --dtype int4 --compile
 
 The char model is recipes/shakespeare_char.yaml with a 256-token context, trained 100 steps
 (speed does not depend on how well it learned); it answers so fast that it gets ten times
@@ -154,7 +155,7 @@ def char_model(root: Path) -> str:
 
 
 def measure(model: str, name: str, chat: bool, prompts: list[str], args, root: Path, requests: int) -> dict:
-    options = ["--max-batch", str(args.max_batch), "--name", name, "--dtype", args.dtype]
+    options = ["--max-batch", str(args.max_batch), "--name", name, "--dtype", args.dtype, *(["--compile"] if args.compile else [])]
     server = Server(model, options, root / f"{name}.log")
     try:
         one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), name, prompts[0], chat, 4, 0)
@@ -181,6 +182,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--dtype", default="fp32")
+    p.add_argument("--compile", action="store_true", help="serve with --compile (compiled before it listens)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]

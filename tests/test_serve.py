@@ -211,6 +211,35 @@ def test_concurrent_streams_each_get_what_they_get_alone(server, local):
     assert server.idle()
 
 
+def test_a_compiled_server_serves_concurrent_streams_as_generate_does(model_dir, local, tmp_path):
+    """`serve --compile` compiles before it listens, then batches as the eager server does: each
+    of four concurrent streams gets the text llmkit.generate (eager, in this process) gives alone."""
+    from llmkit import generate
+    from llmkit.inference.sampling import Sampling
+
+    served = Served(model_dir, "--compile", "--max-batch", "4", log=tmp_path / "compiled.log")
+    try:
+        assert "compiling the decoding step" in served.log.read_text()
+        prompts, lengths = [f"{'hello ' * i}world {i}" for i in range(4)], [30, 9, 44, 17]
+        wants = [generate(local, p, max_new_tokens=m, sampling=Sampling(1.0, None), seed=7 + i, context="stop").run()[0].text
+                 for i, (p, m) in enumerate(zip(prompts, lengths))]
+        got = [None] * 4
+
+        def one(i):
+            stream = served.client().completions.create(model=NAME, prompt=prompts[i], max_tokens=lengths[i],
+                                                        temperature=1.0, seed=7 + i, stream=True)
+            got[i] = streamed(stream)[0][0]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert got == wants
+    finally:
+        assert served.stop() == 0
+
+
 @pytest.mark.parametrize("body,status,words", [
     ({"temperature": 3}, 400, "temperature"),
     ({"temperature": "hot"}, 400, "temperature"),

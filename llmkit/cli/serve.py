@@ -59,6 +59,11 @@ def serve(
     loaded.require("generates", model)
     if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
         raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")
+    if compile_step:
+        from llmkit.inference.compiled import warm_up
+
+        say("compiling the decoding step (once; later starts reuse what is cached on disk)")
+        warm_up(loaded.model)
     server = Server(loaded, served, Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue), limits, api_key)
 
     def announce(url: str) -> None:

@@ -79,6 +79,16 @@ def compiled_logits(model: nn.Module, ids: torch.Tensor, cache: FixedKVCache) ->
     return logits
 
 
+def warm_up(model: nn.Module) -> None:
+    """Compile now, not at a user's first request: one step of one row and one of two rows (the
+    two graphs), on a few columns of placeholder ids."""
+    with torch.no_grad():
+        for batch in (1, 2):
+            cache = FixedKVCache.for_model(model, batch, 4)
+            model.hidden(torch.zeros(batch, 2, dtype=torch.long, device=cache.device), cache=cache)
+            compiled_logits(model, torch.zeros(batch, 1, dtype=torch.long, device=cache.device), cache)
+
+
 def cache_type(model: nn.Module) -> type[KVCache]:
     """The KV cache a model decodes with: a fixed one when its blocks are compiled."""
     return FixedKVCache if compiled(model) else KVCache
