@@ -23,7 +23,10 @@ Where `llama-cpp-python` is installed (a benchmark-only package, never a depende
 source, see docs/benchmarks.md), llama.cpp decodes the same prompt ids from the same file at the
 end, with as many threads as torch uses; where it is not, that row is skipped with a message.
 
-    .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16,int8 --batches 1,4,8
+    .venv/bin/python scripts/bench_generate.py --model smollm2 --dtypes fp32,bf16,int8,int4 --batches 1,4,8 --compile
+
+With --compile, each dtype is also timed with compiled blocks (llmkit/inference/compiled.py): its
+own column, its compile time (the first step of each graph), and its batches.
 
 Keep the machine otherwise idle while it runs.
 """
@@ -76,7 +79,8 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--json", action="store_true")
     p.add_argument("--model", help="a GGUF file or registered name (smollm2): benchmark a real model instead")
-    p.add_argument("--dtypes", default="fp32,bf16,int8", help="with --model: the dtypes to compare in (fp32 first)")
+    p.add_argument("--dtypes", default="fp32,bf16,int8,int4", help="with --model: the dtypes to compare in (fp32 first)")
+    p.add_argument("--compile", action="store_true", help="with --model: also time llmkit with compiled blocks")
     p.add_argument("--batches", default="1,4,8", help="with --model: llmkit's aggregate tokens/s at these batch sizes")
     p.add_argument("--fresh-only", action="store_true",
                    help="with --model: only the fresh-process figures (first token, peak RSS) per dtype")
@@ -203,8 +207,8 @@ def real_model(args) -> None:
         print(f"command: {command}")
         print("machine: " + " | ".join(f"{k} {v}" for k, v in machine.items()) + f" | read bandwidth {bandwidth:.1f} GB/s")
         print(f"model:   {path.name}, batch 1, greedy, {args.new_tokens} new tokens, median of {args.repeats} interleaved runs")
-    # transformers has no int8 of its own on a CPU: llmkit's int8 is compared with its fp32.
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}
+    # transformers has no int8 or int4 of its own on a CPU: llmkit's are compared with its fp32.
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int4": torch.float32}
     reference = None  # llmkit's fp32 greedy tokens, which every dtype's are compared with
     for name in args.dtypes.split(","):
         process = fresh_process(args.model, name)
@@ -215,8 +219,17 @@ def real_model(args) -> None:
         prompt = torch.tensor([ours.tokenizer.encode(text).tolist()])
         greedy = Sampling(temperature=0)
 
-        def llmkit(n: int):
-            return lambda: [int(t) for t in generate_batch(ours.model, prompt, n, greedy)]
+        models = {"llmkit": ours.model}
+        compile_s = None
+        if args.compile:
+            models["compiled"] = load_model(path, dtype=name, compile=True).model
+            start = time.perf_counter()
+            for rows in (prompt, prompt.repeat(2, 1)):  # both graphs: one row, and more
+                list(generate_batch(models["compiled"], rows, 2, greedy))
+            compile_s = time.perf_counter() - start
+
+        def llmkit(who: str, n: int):
+            return lambda: [int(t) for t in generate_batch(models[who], prompt, n, greedy)]
 
         def huggingface(n: int):
             def run():
@@ -226,25 +239,35 @@ def real_model(args) -> None:
                 return out[0, prompt.shape[1]:].tolist()
             return run
 
-        for make in (llmkit, huggingface):
-            make(8)()
-        times, tokens = {"llmkit": [], "transformers": []}, {}
+        def contender(who: str, n: int):
+            return huggingface(n) if who == "transformers" else llmkit(who, n)
+
+        names = [*models, "transformers"]
+        for who in names:
+            contender(who, 8)()
+        times, tokens = {who: [] for who in names}, {}
         for r in range(args.repeats):
-            for who in (["llmkit", "transformers"] if r % 2 == 0 else ["transformers", "llmkit"]):
-                seconds, tokens[who] = timed((llmkit if who == "llmkit" else huggingface)(args.new_tokens), torch.device("cpu"))
+            for who in (names if r % 2 == 0 else names[::-1]):
+                seconds, tokens[who] = timed(contender(who, args.new_tokens), torch.device("cpu"))
                 times[who].append(seconds)
         speed = {who: args.new_tokens / statistics.median(t) for who, t in times.items()}
         size = weight_bytes(ours.model)
         reference = reference if reference is not None else tokens["llmkit"]
         batches = {}
-        for batch in (int(b) for b in args.batches.split(",") if b):  # aggregate tokens/s of B rows at once
-            rows = prompt.repeat(batch, 1)
-            seconds, _ = timed(lambda: list(generate_batch(ours.model, rows, args.new_tokens, greedy)), torch.device("cpu"))
-            batches[f"batch_{batch}_tokens_per_s"] = round(batch * args.new_tokens / seconds, 1)
+        for who in models:
+            for batch in (int(b) for b in args.batches.split(",") if b):  # aggregate tokens/s of B rows at once
+                rows = prompt.repeat(batch, 1)
+                seconds, _ = timed(lambda: list(generate_batch(models[who], rows, args.new_tokens, greedy)), torch.device("cpu"))
+                batches[f"{'' if who == 'llmkit' else 'compiled_'}batch_{batch}_tokens_per_s"] = round(batch * args.new_tokens / seconds, 1)
+        peer = "fp32" if name in ("int8", "int4") else name
         row = {"what": f"{path.name} {name}", "new_tokens": args.new_tokens, "prompt_tokens": prompt.shape[1], "batch": 1,
                "llmkit_tokens_per_s": round(speed["llmkit"], 2),
-               f"transformers_{'fp32' if name == 'int8' else name}_tokens_per_s": round(speed["transformers"], 2),
+               f"transformers_{peer}_tokens_per_s": round(speed["transformers"], 2),
                "ratio": round(speed["llmkit"] / speed["transformers"], 3),
+               **({"compiled_tokens_per_s": round(speed["compiled"], 2),
+                   "compiled_ratio": round(speed["compiled"] / speed["transformers"], 3),
+                   "compile_s": round(compile_s, 1),
+                   "compiled_agrees_with_eager": common_prefix(tokens["compiled"], tokens["llmkit"])} if args.compile else {}),
                "bound_tokens_per_s": round(bandwidth * 1e9 / size, 1), "weight_mb": round(size / 1e6),
                "same_greedy_prefix": common_prefix(tokens["llmkit"], tokens["transformers"]),
                "agrees_with_llmkit_fp32": common_prefix(tokens["llmkit"], reference), **batches,
@@ -253,12 +276,15 @@ def real_model(args) -> None:
         if args.json:
             print(json.dumps(row))
         else:
-            peer = "fp32" if name == "int8" else name
+            compiled = (f"; compiled {row['compiled_tokens_per_s']:,.1f} tokens/s ({row['compiled_ratio']:.2f}x, "
+                        f"compiling {row['compile_s']} s, greedy tokens agree with eager for "
+                        f"{row['compiled_agrees_with_eager']})" if args.compile else "")
             print(f"{name}: llmkit {row['llmkit_tokens_per_s']:,.1f} tokens/s, transformers {peer} "
-                  f"{speed['transformers']:,.1f} -> {row['ratio']:.2f}x; bandwidth bound "
+                  f"{speed['transformers']:,.1f} -> {row['ratio']:.2f}x{compiled}; bandwidth bound "
                   f"{row['bound_tokens_per_s']} tokens/s ({row['weight_mb']} MB per token); greedy tokens agree with "
                   f"transformers for the first {row['same_greedy_prefix']} of {args.new_tokens}, with llmkit fp32 for "
-                  f"{row['agrees_with_llmkit_fp32']}; " + ", ".join(f"{k.split('_')[1]} rows {v:,.1f}" for k, v in batches.items())
+                  f"{row['agrees_with_llmkit_fp32']}; " + ", ".join(f"{k.removesuffix('_tokens_per_s').replace('_', ' ')} {v:,.1f}"
+                                                                    for k, v in batches.items())
                   + f" tokens/s; fresh process: {process['first_token_s']} s to the first token, "
                   f"peak RSS {process['peak_rss_mb']} MB")
     row = llama_cpp_row(path, *last, args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Optional
 
@@ -45,25 +44,17 @@ def serve(
     from llmkit.console import say
     from llmkit.device import resolve_device
     from llmkit.loading import load_model
-    from llmkit.serving.app import Limits, Server, run
+    from llmkit.serving.app import Limits, Server, name_and_key, run
     from llmkit.serving.batcher import Batcher
 
     limits = Limits(max_prompt_tokens, max_tokens, max_body, shutdown_timeout)
-    api_key = api_key if api_key is not None else os.environ.get("LLMKIT_API_KEY") or None
-    if api_key is not None and (not api_key.isprintable() or " " in api_key or len(api_key) > 1000):
-        raise LlmkitError("--api-key must be printable, without spaces, at most 1000 characters")
-    served = name if name is not None else os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
-    if not served or len(served) > 200 or not served.isprintable():
-        raise LlmkitError("--name must be 1 to 200 printable characters")
+    served, api_key = name_and_key(name, model, api_key)
     loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
     loaded.require("generates", model)
     if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
         raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")
-    if compile_step:
-        from llmkit.inference.compiled import warm_up
-
+    if compile_step:  # the batcher compiles before the server listens
         say("compiling the decoding step (once; later starts reuse what is cached on disk)")
-        warm_up(loaded.model)
     server = Server(loaded, served, Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue), limits, api_key)
 
     def announce(url: str) -> None:

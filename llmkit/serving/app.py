@@ -54,6 +54,18 @@ class Limits:
                               "1 GiB, --shutdown-timeout 0 to 3600 seconds")
 
 
+def name_and_key(name: str | None, model: str, api_key: str | None) -> tuple[str, str | None]:
+    """The model's name in the API (default: MODEL's last path part) and the API key (default:
+    $LLMKIT_API_KEY), checked before the model is loaded."""
+    api_key = api_key if api_key is not None else os.environ.get("LLMKIT_API_KEY") or None
+    if api_key is not None and (not api_key.isprintable() or " " in api_key or len(api_key) > 1000):
+        raise LlmkitError("--api-key must be printable, without spaces, at most 1000 characters")
+    served = name if name is not None else os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
+    if not served or len(served) > 200 or not served.isprintable():
+        raise LlmkitError("--name must be 1 to 200 printable characters")
+    return served, api_key
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", code: str | None = None,
                  param: str | None = None):

@@ -40,6 +40,7 @@ from torch import nn
 from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.heap import return_freed_memory
+from llmkit.inference.compiled import compiled, warm_up
 from llmkit.inference.decoding import caches, new_cache, next_logits
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
@@ -139,6 +140,8 @@ class Batcher:
         self.block, self.cached = model.config.block_size, caches(model)
         self.end_id = getattr(tokenizer, "eot_id", None)
         self.device = next(model.parameters()).device
+        if compiled(model):  # compile now, not at the first requests (one graph for 1 row, one for more)
+            warm_up(model)
         self._waiting: deque[Job] = deque()
         self._running: list[_Running] = []
         self._cache: KVCache | None = None
