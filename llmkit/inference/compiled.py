@@ -55,12 +55,10 @@ def _through(block: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:
 def compile_decoding(model: nn.Module) -> None:
     """Decode `model` through compiled blocks from now on (llmkit/inference/decoding.py asks
     `compiled(model)`); nothing is compiled until the first step."""
-    from llmkit.inference.layout import prefer_layout
     from llmkit.models.single_block_transformer import SingleBlockTransformer
 
     if not isinstance(model, SingleBlockTransformer):  # the decoders built from blocks
         raise LlmkitError(f"--compile needs a model that decodes with a KV cache, not {model.config.name}")
-    prefer_layout(model, 1)  # kept from now on: the graph is traced for the weights' strides
     model.compiled_decoding = True
 
 
@@ -69,7 +67,12 @@ def compiled(model: nn.Module) -> bool:
 
 
 def compiled_logits(model: nn.Module, ids: torch.Tensor, cache: FixedKVCache) -> torch.Tensor:
-    """(B, 1) new ids -> (B, V) logits, each block through the compiled graph."""
+    """(B, 1) new ids -> (B, V) logits, each block through the compiled graph. The weights' layout
+    follows the batch here (llmkit/inference/layout.py): each of the two graphs is traced for one
+    layout, and a step in the other would compile a third."""
+    from llmkit.inference.layout import prefer_layout
+
+    prefer_layout(model, ids.shape[0])
     positions = cache.begin(1)
     for tensor, dims in ((positions, (0,)), (cache.now.key_mask, (0, 1))):
         for dim in dims:

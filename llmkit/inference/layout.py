@@ -9,9 +9,10 @@ matrices, fp32): 55 ms per token for rows, 39 ms for columns. With four or more 
 rows layout is faster again (about 20%), and bf16 gains nothing, so the layout follows the batch.
 
 Only the storage changes: the Parameter objects (and a tied head's sharing with the embedding)
-stay, and every result is the same. A model whose decoding step is compiled keeps the layout it
-was compiled with (llmkit/inference/compiled.py): its graph was traced for those strides, and a
-switch would cost a new compilation.
+stay, and every result is the same. A model decoding through compiled blocks
+(llmkit/inference/compiled.py) takes the columns layout for one row only, at every step: its
+graphs are traced for the weights' strides, and its two graphs (one row, more rows) then meet one
+layout each (a server whose batch crosses from one row to two copies the matrices each time).
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ COLUMNS_UP_TO = 2  # batches this small decode faster from the columns layout (f
 
 def prefer_layout(model: nn.Module, batch: int) -> None:
     """Store the model's linear weights in the layout that decodes `batch` rows fastest."""
-    if getattr(model, "compiled_decoding", False):
-        return
     parameter = next(model.parameters())
-    columns = parameter.device.type == "cpu" and parameter.dtype == torch.float32 and batch <= COLUMNS_UP_TO
+    up_to = 1 if getattr(model, "compiled_decoding", False) else COLUMNS_UP_TO
+    columns = parameter.device.type == "cpu" and parameter.dtype == torch.float32 and batch <= up_to
     if getattr(model, "_weights_by_columns", False) == columns:
         return
     with torch.no_grad():

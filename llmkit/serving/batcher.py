@@ -369,7 +369,10 @@ class Batcher:
     def _layout_for(self, rows: int) -> None:
         """The weights' layout for the largest batch of the last LAYOUT_S seconds: each switch
         copies every matrix (540 MB on SmolLM2 in fp32), and with clients coming and going a batch
-        crossing COLUMNS_UP_TO would switch twice per finished request."""
+        crossing COLUMNS_UP_TO would switch twice per finished request. (Compiled blocks choose
+        their layout themselves, one per graph: llmkit/inference/compiled.py.)"""
+        if compiled(self.model):
+            return
         now = time.monotonic()
         recent = self._recent_rows
         recent.append((now, max(1, rows)))
