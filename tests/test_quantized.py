@@ -155,8 +155,11 @@ def test_a_q4_1_gguf_in_int4_keeps_the_files_own_weights(llama, tmp_path):
     assert (drift > group_bound(requantized[1], rounding=False).T.reshape(-1)).any()
 
 
-@pytest.mark.parametrize("kind", ["int8", "int4"])
-def test_quantized_with_the_kv_cache_equals_quantized_without_it(llama, kind):
+@pytest.mark.parametrize("kind, tolerance", [("int8", 1e-4), ("int4", 1e-4), ("bf16", 1e-2)])
+def test_the_kv_cache_equals_no_cache_in_each_dtype(llama, kind, tolerance):
+    """(fp32: tests/test_generate.py.) bf16 rounds the cached and the whole computations apart a
+    little (another order of sums; measured 2e-3 on logits up to 0.57); the quantized kernels give
+    the same rows alone or together."""
     from llmkit.inference.generation import generate
     from llmkit.inference.sampling import Sampling
 
@@ -173,7 +176,7 @@ def test_quantized_with_the_kv_cache_equals_quantized_without_it(llama, kind):
         lm.model(ids[:, :-5], cache=cache)
         for t in range(ids.shape[1] - 5, ids.shape[1]):
             last = lm.model(ids[:, t : t + 1], cache=cache)[:, -1]
-    torch.testing.assert_close(last, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(last.float(), whole.float(), atol=tolerance, rtol=tolerance)
 
 
 def test_a_gguf_dequantized_a_few_rows_at_a_time_equals_all_at_once(llama, tmp_path, monkeypatch):

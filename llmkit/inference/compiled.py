@@ -10,8 +10,9 @@ few loops of generated C++, and leaves the products to the same kernels as befor
 the int8 one).
 
 Why a block, not the whole step: a model's blocks are alike, so one graph serves all of them
-(the weights are the graph's inputs), and it compiles in seconds; the whole step traced at once
-ran about a fifth faster on SmolLM2 but took 85 s to compile on 2 cores (docs/benchmarks.md).
+(the weights are the graph's inputs), and it compiles in seconds. The whole step traced as one
+graph decoded SmolLM2 about a fifth faster, but took 198 s to compile on 2 cores with an empty
+cache and 41 s with a warm one, against 26 s and 8 s (scripts/bench_compile.py, docs/benchmarks.md).
 
 A compiled graph is run again only while what it was traced with keeps its shape. The ordinary
 KVCache returns keys one column longer at every step and writes at a Python number: a new graph

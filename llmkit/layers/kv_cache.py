@@ -21,6 +21,10 @@ A server decodes many requests as one batch whose rows come and go between steps
 rows that stay, and the rows of caches that join, right-aligned so that every row's newest column
 is the last one. A shorter row gets more left padding, which is exactly the layout above, so its
 next token is the one it would get alone.
+
+`FixedKVCache` is the same cache with shapes that never change from step to step, for compiled
+decoding (llmkit/inference/compiled.py): every layer attends over all max_len columns, the ones
+not yet written masked out.
 """
 
 from __future__ import annotations
