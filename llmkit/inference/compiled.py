@@ -43,13 +43,10 @@ def _block_step(block: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:  # (B
 
 def _through(block: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:
     """One block through the compiled graph; the batch is marked dynamic (a row count of 1 keeps a
-    graph of its own), and so is the cache's length."""
+    graph of its own). The cache's keys and values are marked by `compiled_logits`."""
     if not _COMPILED:
         _COMPILED.append(torch.compile(_block_step, fullgraph=True))
     torch._dynamo.maybe_mark_dynamic(x, 0)
-    for tensor in (layer.keys, layer.values):
-        torch._dynamo.maybe_mark_dynamic(tensor, 0)
-        torch._dynamo.maybe_mark_dynamic(tensor, 2)
     return _COMPILED[0](block, x, layer)
 
 
@@ -74,6 +71,12 @@ def compiled_logits(model: nn.Module, ids: torch.Tensor, cache: FixedKVCache) ->
     from llmkit.inference.layout import prefer_layout
 
     prefer_layout(model, ids.shape[0])
+    if not getattr(cache, "marked_dynamic", False):  # its keys and values, once per cache: batch and length
+        for layer in cache.layers:
+            for tensor in (layer.keys, layer.values):
+                torch._dynamo.maybe_mark_dynamic(tensor, 0)
+                torch._dynamo.maybe_mark_dynamic(tensor, 2)
+        cache.marked_dynamic = True
     positions = cache.begin(1)
     for tensor, dims in ((positions, (0,)), (cache.now.key_mask, (0, 1))):
         for dim in dims:
