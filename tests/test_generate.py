@@ -15,7 +15,7 @@ from llmkit.config import ModelConfig
 from llmkit.data.tokenizer import CharTokenizer
 from llmkit.inference.beam import beam_search
 from llmkit.inference.decoding import generate_batch
-from llmkit.inference.sampling import Sampling, filter_logits, next_token, penalize_repeats
+from llmkit.inference.sampling import Rows, Sampling, draw, filter_logits, next_token, next_tokens, penalize_repeats
 from llmkit.inference.stream import StreamDecoder
 from llmkit.layers.kv_cache import KVCache
 from llmkit.models import build_model
@@ -96,6 +96,42 @@ def test_beam_of_one_and_top_k_of_one_are_greedy():
 
     assert top1 == greedy
     assert beam_search(step, ids[0].tolist(), 1, 25, eos=None) == greedy
+
+
+def test_a_draw_follows_the_probabilities_and_never_takes_an_impossible_token():
+    """Inverse transform sampling: each token as often as its probability says (within 4 standard
+    deviations over 40,000 draws), never one of probability 0 (the first, the last, one between)."""
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    u = torch.rand(40_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    drawn = draw(probs[None].expand(40_000, -1), u)[:, 0]
+    assert drawn.shape == (40_000,) and not set(drawn.tolist()) & {0, 2, 6}
+    counts = torch.bincount(drawn, minlength=7).double() / 40_000
+    assert ((counts - probs.double()).abs() <= 4 * (probs.double() * (1 - probs.double()) / 40_000).sqrt() + 1e-12).all()
+    # Sums a little off 1 (a float32 softmax over a large vocabulary) never pass the last possible token.
+    skewed = torch.full((3, 49_152), 1 / 49_152) * torch.tensor([[0.999], [1.0], [1.001]])
+    skewed[:, -5:] = 0
+    assert draw(skewed, torch.full((3, 1), 1 - 2**-53, dtype=torch.float64)).flatten().tolist() == [49_146] * 3
+
+
+def test_rows_sampled_together_are_sampled_as_alone():
+    """A server's step samples many requests at once (`next_tokens`): each group of rows gets the
+    ids `next_token` gives it alone with its own generator, whatever its neighbours' settings."""
+    logits = torch.randn(9, 50, generator=torch.Generator().manual_seed(0))
+    settings = [Sampling(0.8, None), Sampling(0.8, None), Sampling(0, None), Sampling(1.3, 5, top_p=0.9),
+                Sampling(0.8, None, repetition_penalty=1.5), Sampling(0.8, None)]
+    sizes = [2, 1, 1, 2, 2, 1]
+    previous = torch.randint(50, (2, 4), generator=torch.Generator().manual_seed(1))
+    for step in range(3):
+        groups = [Rows(s, torch.Generator().manual_seed(10 * step + i), n, previous if s.repetition_penalty != 1 else None)
+                  for i, (s, n) in enumerate(zip(settings, sizes))]
+        together = next_tokens(logits.clone(), groups, vocab_size=45)
+        alone, start = [], 0
+        for i, (s, n) in enumerate(zip(settings, sizes)):
+            g = torch.Generator().manual_seed(10 * step + i)
+            alone.append(next_token(logits[start : start + n].clone(), s, g, groups[i].previous, vocab_size=45))
+            start += n
+        assert together.tolist() == torch.cat(alone).tolist()
+        assert (together < 45).all()
 
 
 def test_top_p_and_min_p_never_sample_outside_their_set():

@@ -472,3 +472,54 @@ def test_a_chat_request_to_a_model_without_a_template_is_a_400(debug_run):
     message = refused.value.body["error"]["message"]
     assert refused.value.status == 400 and "the model 'debug' has no chat template" in message
     assert "POST /v1/completions" in message and refused.value.body["error"]["param"] == "messages"
+
+
+def test_the_model_gets_all_cores_but_one_unless_told(monkeypatch):
+    """serve's --threads: a number is taken as given; by default one core is left to the event
+    loop (never fewer than one thread); a user's $OMP_NUM_THREADS is kept."""
+    import torch
+
+    from llmkit.serving.app import model_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert model_threads(3) == 3 == torch.get_num_threads()
+        torch.set_num_threads(before)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        cores = len(os.sched_getaffinity(0))
+        assert model_threads(None) == max(1, min(before, cores - 1)) == torch.get_num_threads()
+        torch.set_num_threads(before)
+        monkeypatch.setenv("OMP_NUM_THREADS", str(before))
+        assert model_threads(None) == before == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_events_from_the_batcher_thread_arrive_in_order_in_few_wake_ups():
+    """The mailbox hands events to the event loop in batches: 200 events posted while the loop is
+    busy arrive in order after one wake-up; once the loop is closed, a post raises (the batcher
+    then stops that request's rows)."""
+    import asyncio
+
+    from llmkit.serving.app import Mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        mailbox, queues = Mailbox(loop), [asyncio.Queue(), asyncio.Queue()]
+        wake_ups = []
+        original = mailbox._hand_over
+        mailbox._hand_over = lambda: (wake_ups.append(1), original())
+        posting = threading.Thread(target=lambda: [mailbox.post(queues[i % 2], i) for i in range(200)])
+        posting.start()
+        posting.join()  # the loop is not running meanwhile: every post waits for one hand-over
+        got = [[await q.get() for _ in range(100)] for q in queues]
+        assert got == [list(range(0, 200, 2)), list(range(1, 200, 2))] and len(wake_ups) == 1
+        return mailbox
+
+    loop = asyncio.new_event_loop()
+    mailbox = loop.run_until_complete(main())
+    loop.close()
+    with pytest.raises(RuntimeError):
+        mailbox.post(asyncio.Queue(), 0)
+    with pytest.raises(RuntimeError):
+        mailbox.post(asyncio.Queue(), 1)

@@ -29,6 +29,8 @@ def serve(
     max_body: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1 << 20,
     shutdown_timeout: Annotated[float, typer.Option(
         min=0, max=3600, help="On SIGTERM or Ctrl-C, seconds running requests get to finish.")] = 10.0,
+    threads: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPU threads for the model's math "
+                       "(default: all cores but one, which the HTTP side keeps).", show_default=False)] = None,
     dtype: Dtype = "fp32",
     compile_step: Compile = False,
     device: RunDevice = "auto",
@@ -44,11 +46,12 @@ def serve(
     from llmkit.console import say
     from llmkit.device import resolve_device
     from llmkit.loading import load_model
-    from llmkit.serving.app import Limits, Server, name_and_key, run
+    from llmkit.serving.app import Limits, Server, model_threads, name_and_key, run
     from llmkit.serving.batcher import Batcher
 
     limits = Limits(max_prompt_tokens, max_tokens, max_body, shutdown_timeout)
     served, api_key = name_and_key(name, model, api_key)
+    model_threads(threads)
     loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
     loaded.require("generates", model)
     if not loaded.generates:  # a seq2seq run translates numbers: no text API for it

@@ -8,7 +8,10 @@ Each step turns the model's logits for the next position into a choice:
 3. filters, each removing tokens (logit -inf) before sampling:
    top-k keeps the k most likely; top-p (nucleus) keeps the smallest set whose probabilities sum
    to at least p; min-p keeps tokens at least min_p times as likely as the most likely one;
-4. softmax and one draw.
+4. softmax and one draw: a uniform number u in [0, 1) per row, from the row's generator, picks
+   the first token whose cumulative probability passes u (inverse transform sampling). That is
+   one random number per row, where torch.multinomial draws one per token of the vocabulary
+   (1.2 ms a row for SmolLM2's 49,152 tokens on one core, against 0.1 ms).
 """
 
 from __future__ import annotations
@@ -74,11 +77,61 @@ def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | N
                previous: torch.Tensor | None = None, vocab_size: int | None = None) -> torch.Tensor:
     """(B, V) logits -> (B, 1) chosen ids. `vocab_size` masks (in place) the ids the tokenizer
     cannot decode: a model's vocabulary may be padded beyond the tokenizer's."""
+    return next_tokens(logits, [Rows(s, generator, logits.shape[0], previous)], vocab_size)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Consecutive rows of a batch's logits that sample alike: their settings, their generator
+    (one random number per row per step), how many, and their ids so far (only with a
+    repetition penalty)."""
+
+    sampling: Sampling
+    generator: torch.Generator | None
+    n: int
+    previous: torch.Tensor | None = None
+
+
+def next_tokens(logits: torch.Tensor, groups: list[Rows], vocab_size: int | None = None) -> torch.Tensor:
+    """(B, V) logits of consecutive groups of rows -> (B, 1) ids, each group's as `next_token`
+    would choose them alone. Groups with the same settings (and no penalty) are filtered,
+    softmaxed and drawn as one batch: a server's step samples all its requests in a few
+    operations, each still drawing from its own generator."""
     if vocab_size is not None and vocab_size < logits.shape[-1]:
         logits[:, vocab_size:] = float("-inf")
-    if previous is not None:
-        logits = penalize_repeats(logits, previous, s.repetition_penalty)
+    starts = [0]
+    for g in groups:
+        starts.append(starts[-1] + g.n)
+    together: dict[Sampling, list[int]] = {}  # settings -> the groups that share them
+    for i, g in enumerate(groups):
+        penalised = g.previous is not None and g.sampling.repetition_penalty != 1.0
+        together.setdefault(g.sampling if not penalised else i, []).append(i)  # a penalty: alone
+    if len(together) == 1 and len(groups) > 0:
+        return _choose(logits, groups, groups[0].sampling)
+    chosen = torch.empty(logits.shape[0], 1, dtype=torch.long, device=logits.device)
+    for members in together.values():
+        rows = torch.cat([torch.arange(starts[i], starts[i + 1], device=logits.device) for i in members])
+        chosen[rows] = _choose(logits[rows], [groups[i] for i in members], groups[members[0]].sampling)
+    return chosen
+
+
+def _choose(logits: torch.Tensor, groups: list[Rows], s: Sampling) -> torch.Tensor:
+    """(b, V) logits of `groups` (all sampling with `s`) -> (b, 1) ids."""
+    if len(groups) == 1 and groups[0].previous is not None:
+        logits = penalize_repeats(logits, groups[0].previous, s.repetition_penalty)
     if s.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = torch.softmax(filter_logits(logits / s.temperature, s).float(), dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+    u = [torch.rand(g.n, 1, dtype=torch.float64, generator=g.generator, device=logits.device) for g in groups]
+    return draw(probs, u[0] if len(u) == 1 else torch.cat(u))
+
+
+def draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities, (B, 1) uniform numbers in [0, 1) -> (B, 1) ids: each row's first
+    token whose cumulative probability passes its number."""
+    cdf = probs.double().cumsum(dim=-1)  # (B, V); float64, so the sum of 49,152 terms stays exact enough
+    total = cdf[:, -1:]  # (B, 1): 1 up to rounding
+    # u * total < total, so some token's cumulative probability passes it; a token of probability 0
+    # never does first (its cdf equals the one before it), with right=True.
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True)

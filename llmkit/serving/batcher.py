@@ -44,7 +44,7 @@ from llmkit.inference.compiled import compiled, warm_up
 from llmkit.inference.decoding import caches, new_cache, next_logits
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
-from llmkit.inference.sampling import Sampling, next_token
+from llmkit.inference.sampling import Rows, Sampling, next_tokens
 from llmkit.layers.kv_cache import KVCache
 
 GROW = 64  # the batch's KV cache grows by at least this many columns at a time
@@ -108,11 +108,14 @@ class Job:
 
 
 class _Running:
-    """A job in the batch: its rows' text, its generator, its ids so far (n, t), and how many
-    tokens each row may still take."""
+    """A job in the batch: its rows' text, its generator, each row's last id, how many tokens
+    each row may still take, and its ids so far as an (n, t) tensor when something reads them
+    (a repetition penalty, or a model without a cache that reads its window of them)."""
 
-    def __init__(self, job: Job, rows: list[RowText], generator: torch.Generator, history: torch.Tensor, left: int):
+    def __init__(self, job: Job, rows: list[RowText], generator: torch.Generator, history: torch.Tensor | None,
+                 left: int):
         self.job, self.rows, self.generator, self.history, self.left = job, rows, generator, history, left
+        self.last: list[int] = []
 
     @property
     def over(self) -> bool:
@@ -298,8 +301,9 @@ class Batcher:
         else:
             logits = self.model(ids[:, -self.block :])[:, -1]
         rows = [RowText(Completion("", i), self.tokenizer, r.stops, self.end_id) for i in range(r.n)]
-        running = _Running(job, rows, generator, ids, r.max_tokens)
-        self._take(running, logits)
+        keep = not self.cached or r.sampling.repetition_penalty != 1.0
+        running = _Running(job, rows, generator, ids if keep else None, r.max_tokens)
+        self._take([running], logits)
         if running.over:
             return
         if cache is not None:
@@ -312,40 +316,39 @@ class Batcher:
         self._running.append(running)
 
     def _step(self) -> None:
-        """One forward pass over every row's last token; each job chooses its rows' next tokens."""
-        if self.cached:
-            cache = self._cache
-            if cache.length == cache.max_len:  # out of columns: a longer cache, the same rows
-                cache = self._cache = KVCache.gather([(cache, torch.arange(cache.batch, device=self.device))],
-                                                     self._room())
-            last = torch.cat([r.history[:, -1:] for r in self._running])  # (B, 1)
-            logits = next_logits(self.model, last, cache)  # (B, V)
-        row = 0
-        for running in self._running:
-            n = running.job.request.n
-            if self.cached:
-                self._take(running, logits[row : row + n])
-            else:  # no cache and no key mask in the small rungs: each job alone, its window of the context
-                self._take(running, self.model(running.history[:, -self.block :])[:, -1])
-            row += n
+        """One forward pass over every row's last token; the rows' next tokens, sampled together."""
+        if not self.cached:  # no cache and no key mask in the small rungs: each job alone, its window of the context
+            for running in self._running:
+                self._take([running], self.model(running.history[:, -self.block :])[:, -1])
+            return
+        cache = self._cache
+        if cache.length == cache.max_len:  # out of columns: a longer cache, the same rows
+            cache = self._cache = KVCache.gather([(cache, torch.arange(cache.batch, device=self.device))], self._room())
+        last = torch.tensor([[token] for r in self._running for token in r.last], device=self.device)  # (B, 1)
+        self._take(self._running, next_logits(self.model, last, cache))  # (B, V) logits
 
-    def _take(self, running: _Running, logits: torch.Tensor) -> None:
-        """Choose a job's next ids from its rows' (n, V) logits, and report the text they make."""
-        r = running.job.request
-        previous = running.history if r.sampling.repetition_penalty != 1.0 else None
-        tokens = next_token(logits, r.sampling, running.generator, previous, self.tokenizer.vocab_size)  # (n, 1)
-        running.history = torch.cat([running.history, tokens], dim=1)
-        running.left -= 1
-        for i, token in enumerate(tokens[:, 0].tolist()):
-            row = running.rows[i]
-            if row.done:
-                continue
-            self._text(running.job, i, row.push(token))
-            if row.done or running.left == 0:
-                self._text(running.job, i, row.finish("length"))
-                self._send(running.job, Finished(i, row.completion.stop_reason, row.completion.tokens))
-        if all(row.done for row in running.rows):
-            self._send(running.job, Done(len(r.ids), sum(row.completion.tokens for row in running.rows)))
+    def _take(self, jobs: list[_Running], logits: torch.Tensor) -> None:
+        """Choose the next ids of `jobs`' rows from their (rows, V) logits, each job with its own
+        settings and generator, and report the text they make."""
+        groups = [Rows(x.job.request.sampling, x.generator, x.job.request.n, x.history) for x in jobs]
+        tokens = next_tokens(logits, groups, self.tokenizer.vocab_size)  # (rows, 1)
+        ids, row = tokens[:, 0].tolist(), 0
+        for running in jobs:
+            r = running.job.request
+            running.last, row = ids[row : row + r.n], row + r.n
+            if running.history is not None:
+                running.history = torch.cat([running.history, tokens[row - r.n : row]], dim=1)
+            running.left -= 1
+            for i, token in enumerate(running.last):
+                text = running.rows[i]
+                if text.done:
+                    continue
+                self._text(running.job, i, text.push(token))
+                if text.done or running.left == 0:
+                    self._text(running.job, i, text.finish("length"))
+                    self._send(running.job, Finished(i, text.completion.stop_reason, text.completion.tokens))
+            if all(text.done for text in running.rows):
+                self._send(running.job, Done(len(r.ids), sum(text.completion.tokens for text in running.rows)))
 
     def _leave(self) -> None:
         """Take the jobs that are over out of the batch (and their rows out of the cache)."""
