@@ -8,6 +8,10 @@ Kernels: float32 and bfloat16 dense (`F.linear`), PyTorch's weight-only int8
 (`_weight_int8pack_mm`, bfloat16 input) and int4 (`_weight_int4pack_mm_for_cpu`, groups of 32),
 and fbgemm's dynamic int8 linear (activations quantized as well), for reference.
 
+Then the draw that ends each step, over SmolLM2's 49,152-token vocabulary: `torch.multinomial`
+(a random number per token) against llmkit's `draw` (one uniform number per row, inverse
+transform: llmkit/inference/sampling.py), each with its seeded generator.
+
     .venv/bin/python scripts/bench_kernels.py
     .venv/bin/python scripts/bench_kernels.py --rows 8
 """
@@ -20,6 +24,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+
+from llmkit.inference.sampling import draw
 
 BLOCK = [(576, 576), (384, 576), (576, 576), (3072, 576), (576, 1536)]  # (out, in): q, kv, proj, fc, proj
 HEAD = (49152, 576)
@@ -89,6 +95,13 @@ def main() -> None:
         ms, head_ms = best_ms(blocks, args.repeats), best_ms([make(*HEAD)], args.repeats)
         print(f"{name:21}  {ms:9.2f}  {weights * per_weight / ms / 1e6:5.1f}  {head_ms:9.2f}  "
               f"{HEAD[0] * HEAD[1] * per_weight / head_ms / 1e6:5.1f}")
+    probs = torch.softmax(torch.randn(args.rows, HEAD[0]), dim=-1)
+    generator = torch.Generator().manual_seed(0)
+    ms = {"torch.multinomial": best_ms([lambda: torch.multinomial(probs, 1, generator=generator)] * 20, args.repeats),
+          "llmkit draw": best_ms([lambda: draw(probs, torch.rand(args.rows, 1, dtype=torch.float64,
+                                                                   generator=generator))] * 20, args.repeats)}
+    print(f"a draw over {HEAD[0]:,} tokens, {args.rows} row(s): " + ", ".join(f"{k} {v / 20:.3f} ms" for k, v in ms.items())
+          + f"; {ms['torch.multinomial'] / ms['llmkit draw']:.1f}x")
 
 
 if __name__ == "__main__":
