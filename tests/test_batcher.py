@@ -115,6 +115,46 @@ def test_requests_that_join_and_leave_a_running_batch_get_what_they_get_alone(na
         batcher.stop()
 
 
+@pytest.mark.parametrize("name", ["gpt", "multi_head_attention"], ids=["cached", "uncached"])
+def test_requests_that_arrive_together_run_their_prompts_together_and_get_what_they_get_alone(name):
+    """Requests queued in the same step are admitted at once: their prompts (lengths 1 to 26,
+    n of 1 and 2, mixed settings) run as one left-padded batch, and each gets what it gets alone."""
+    model, tokenizer = char_model(name)
+    asked = [(p, SETTINGS[i % len(SETTINGS)], 1 + i % 2) for i, p in enumerate(PROMPTS)]
+    wants = [alone(model, tokenizer, p, 15, s, 20 + i, n) for i, (p, s, n) in enumerate(asked)]
+    batcher = Batcher(model, tokenizer, max_batch=16)
+    events = [queue.SimpleQueue() for _ in asked]
+    try:
+        with batcher._lock:  # the batcher's thread waits for the lock: it takes all of them in one step
+            for i, (p, s, n) in enumerate(asked):
+                batcher.submit(request(tokenizer, p, 15, s, 20 + i, n), events[i].put)
+        for i, q in enumerate(events):
+            texts, finished = [""] * asked[i][2], {}
+            while not isinstance(event := q.get(timeout=30), Done):
+                assert not isinstance(event, Failed), event
+                if isinstance(event, Text):
+                    texts[event.choice] += event.text
+                else:
+                    finished[event.choice] = (event.reason, event.tokens)
+            assert [(t, *finished[c]) for c, t in enumerate(texts)] == wants[i]
+        assert idle(batcher)
+    finally:
+        batcher.stop()
+
+
+def test_prompts_are_grouped_by_length_within_the_padding_and_token_bounds():
+    from llmkit.serving.batcher import PREFILL_TOKENS, Job, _prefill_groups
+
+    def job(length, n=1):
+        return Job(None, Request(tuple(range(length)), 4, n=n), print)
+
+    jobs = [job(40), job(38), job(41), job(400), job(39, n=2), job(3000), job(5)]
+    groups = [[(len(j.request.ids), j.request.n) for j in g] for g in _prefill_groups(jobs)]
+    assert groups == [[(5, 1)], [(38, 1), (39, 2), (40, 1), (41, 1)], [(400, 1)], [(3000, 1)]]
+    for g in _prefill_groups([job(100, n=4) for _ in range(10)]):  # 4 rows x 100 = 400 tokens a job
+        assert sum(j.request.n for j in g) * 100 <= PREFILL_TOKENS
+
+
 def test_the_context_ends_a_request_with_length(gpt):
     model, tokenizer = gpt
     batcher = Batcher(model, tokenizer)

@@ -1,0 +1,117 @@
+"""The server's batcher alone, without HTTP: what batching gives before any HTTP work is added.
+
+`scripts/load_serve.py` measures `llmkit serve` through its HTTP API, with the load's clients on
+the same machine. This runs the same `Batcher` in one process: C client threads each submit
+--requests requests in turn and waits for each to finish: load_serve.py's prompts (through the
+model's chat template when it has one, as the server's chat endpoint does), --max-tokens new
+tokens at temperature 0.8. It prints aggregate tokens/s for each level and its ratio to one client. It also
+prints one decoding step's time at 1 and at the largest level's rows, timed apart from the
+batcher, and the prompt's time alone: the bound batching has on this model and machine.
+
+    .venv/bin/python scripts/bench_batcher.py --model smollm2 --dtype int4 --threads 1
+    .venv/bin/python scripts/bench_batcher.py --model runs/shakespeare_char --clients 1,8,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import torch
+from load_serve import CHAR_PROMPTS, PROMPTS
+
+from llmkit.errors import LlmkitError
+from llmkit.inference.chat import chat_template_of, render, special_tokens
+from llmkit.inference.decoding import new_cache, next_logits, prompt_ids
+from llmkit.inference.layout import prefer_layout
+from llmkit.inference.sampling import Sampling
+from llmkit.loading import load_model
+from llmkit.serving.batcher import Batcher, Request
+
+
+def prompts(lm) -> list[tuple[int, ...]]:
+    """load_serve.py's prompts as ids: chat-templated for a model with a template."""
+    try:
+        template = chat_template_of(lm.tokenizer, "the model")
+    except LlmkitError:  # no template: plain continuations, as load_serve.py asks a char model
+        return [tuple(prompt_ids(lm.tokenizer, text)[0].tolist()) for text in CHAR_PROMPTS]
+    texts = [render(template, [{"role": "user", "content": text}], True, **special_tokens(lm.tokenizer)) for text in PROMPTS]
+    return [tuple(prompt_ids(lm.tokenizer, text)[0].tolist()) for text in texts]
+
+
+def level(batcher: Batcher, asked: list[tuple[int, ...]], clients: int, requests: int, max_tokens: int) -> float:
+    """Aggregate generated tokens/s of `clients` threads, each asking `requests` requests in turn."""
+    made = [0] * clients
+
+    def client(i: int) -> None:
+        for r in range(requests):
+            ids = asked[(i + r) % len(asked)]
+            choices = batcher.complete(Request(ids, max_tokens, Sampling(0.8, None), (), 1, 1000 * i + r))
+            made[i] += sum(c.tokens for c in choices)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(made) / (time.perf_counter() - start)
+
+
+def step_ms(model, ids: torch.Tensor, rows: int, steps: int = 10) -> tuple[float, float]:
+    """(prompt ms for one row, decoding step ms at `rows` rows), timed apart from the batcher."""
+    with torch.no_grad():
+        prefer_layout(model, 1)
+        start = time.perf_counter()
+        next_logits(model, ids, new_cache(model, 1, ids.shape[1] + 1))
+        prompt = time.perf_counter() - start
+        prefer_layout(model, rows)
+        cache = new_cache(model, rows, ids.shape[1] + steps + 3)
+        next_logits(model, ids.expand(rows, -1), cache)
+        last = ids[:, -1:].expand(rows, -1)
+        for _ in range(2):
+            next_logits(model, last, cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            next_logits(model, last, cache)
+        return prompt * 1e3, (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--clients", default="1,8")
+    p.add_argument("--requests", type=int, default=3, help="requests per client, in turn")
+    p.add_argument("--max-tokens", type=int, default=64)
+    args = p.parse_args()
+    levels = [int(x) for x in args.clients.split(",")]
+    if not 1 <= args.requests <= 100 or not 1 <= args.max_tokens <= 1024 or not levels or max(levels) > 64 or min(levels) < 1:
+        raise SystemExit("--requests 1..100, --max-tokens 1..1024, clients 1..64")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, dtype=args.dtype)
+    asked = prompts(lm)
+    ids = torch.tensor([asked[0]])
+    prompt, one = step_ms(lm.model, ids, 1)
+    _, many = step_ms(lm.model, ids, max(levels))
+    print(f"{args.model} {args.dtype}, {torch.get_num_threads()} thread(s), a prompt of {ids.shape[1]} tokens: "
+          f"prompt {prompt:.1f} ms; a step of 1 row {one:.2f} ms, of {max(levels)} rows {many:.2f} ms "
+          f"({max(levels) * one / many:.2f}x the tokens/s of one row)")
+    batcher = Batcher(lm.model, lm.tokenizer, max_batch=max(levels))
+    try:
+        level(batcher, asked, 1, 1, 4)  # warm
+        single = None
+        for clients in levels:
+            rate = level(batcher, asked, clients, args.requests, args.max_tokens)
+            single = single or (rate if clients == 1 else None)
+            ratio = f"{rate / single:.2f}x one" if single else ""
+            print(f"{clients:>3} clients x {args.requests} requests of {args.max_tokens} tokens: {rate:8.1f} tokens/s  {ratio}")
+    finally:
+        batcher.stop()
+
+
+if __name__ == "__main__":
+    main()
