@@ -78,6 +78,23 @@ def step_ms(model, ids: torch.Tensor, rows: int, steps: int = 10) -> tuple[float
         return prompt * 1e3, (time.perf_counter() - start) / steps * 1e3
 
 
+def prompts_ms(model, asked: list[tuple[int, ...]]) -> tuple[float, float]:
+    """(ms for the prompts one by one, ms for them as one left-padded batch), each in a new cache,
+    as the batcher admits requests that arrive apart or together."""
+    with torch.no_grad():
+        prefer_layout(model, len(asked))
+        start = time.perf_counter()
+        for ids in asked:
+            next_logits(model, torch.tensor([ids]), new_cache(model, 1, len(ids) + 1))
+        apart = time.perf_counter() - start
+        longest = max(len(ids) for ids in asked)
+        rows = torch.tensor([[0] * (longest - len(ids)) + list(ids) for ids in asked])
+        pad = torch.tensor([longest - len(ids) for ids in asked])
+        start = time.perf_counter()
+        next_logits(model, rows, new_cache(model, len(asked), longest + 1, pad))
+        return apart * 1e3, (time.perf_counter() - start) * 1e3
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
@@ -100,6 +117,8 @@ def main() -> None:
     print(f"{args.model} {args.dtype}, {torch.get_num_threads()} thread(s), a prompt of {ids.shape[1]} tokens: "
           f"prompt {prompt:.1f} ms; a step of 1 row {one:.2f} ms, of {max(levels)} rows {many:.2f} ms "
           f"({max(levels) * one / many:.2f}x the tokens/s of one row)")
+    apart, together = prompts_ms(lm.model, asked)
+    print(f"{len(asked)} prompts: one by one {apart:.0f} ms, as one padded batch {together:.0f} ms ({apart / together:.2f}x)")
     batcher = Batcher(lm.model, lm.tokenizer, max_batch=max(levels))
     try:
         level(batcher, asked, 1, 1, 4)  # warm
