@@ -119,14 +119,30 @@ def test_the_batcher_with_compiled_blocks_serves_what_it_serves_eagerly(compiled
     for m in (model, eager):
         batcher = Batcher(m, tokenizer, max_batch=6)
         try:
-            import concurrent.futures
+            import queue
 
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:  # all at once: they share the batch
-                served[m] = [[(c.text, c.tokens) for c in f.result(timeout=600)]
-                             for f in [pool.submit(batcher.complete, r) for r in requests]]
+            events = [queue.SimpleQueue() for _ in requests]
+            with batcher._lock:  # all at once: their prompts run as one padded batch, then share the batch
+                for r, q in zip(requests, events):
+                    batcher.submit(r, q.put)
+            served[m] = [_texts(q, r.n) for r, q in zip(requests, events)]
         finally:
             batcher.stop()
     assert served[model] == served[eager]
+
+
+def _texts(events, n: int) -> list[tuple[str, int]]:
+    """A batcher job's (text, tokens) per choice, from its events."""
+    from llmkit.serving.batcher import Done, Failed, Finished, Text
+
+    texts, tokens = [""] * n, [0] * n
+    while not isinstance(event := events.get(timeout=600), Done):
+        assert not isinstance(event, Failed), event
+        if isinstance(event, Text):
+            texts[event.choice] += event.text
+        elif isinstance(event, Finished):
+            tokens[event.choice] = event.tokens
+    return list(zip(texts, tokens))
 
 
 def test_compiling_a_model_without_a_cache_is_refused():
