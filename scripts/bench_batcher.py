@@ -23,7 +23,7 @@ from load_serve import CHAR_PROMPTS, PROMPTS
 
 from llmkit.errors import LlmkitError
 from llmkit.inference.chat import chat_template_of, render, special_tokens
-from llmkit.inference.decoding import new_cache, next_logits, prompt_ids
+from llmkit.inference.decoding import left_padded, new_cache, next_logits, prompt_ids
 from llmkit.inference.layout import prefer_layout
 from llmkit.inference.sampling import Sampling
 from llmkit.loading import load_model
@@ -87,11 +87,9 @@ def prompts_ms(model, asked: list[tuple[int, ...]]) -> tuple[float, float]:
         for ids in asked:
             next_logits(model, torch.tensor([ids]), new_cache(model, 1, len(ids) + 1))
         apart = time.perf_counter() - start
-        longest = max(len(ids) for ids in asked)
-        rows = torch.tensor([[0] * (longest - len(ids)) + list(ids) for ids in asked])
-        pad = torch.tensor([longest - len(ids) for ids in asked])
+        rows, pad = left_padded(asked, "cpu")
         start = time.perf_counter()
-        next_logits(model, rows, new_cache(model, len(asked), longest + 1, pad))
+        next_logits(model, rows, new_cache(model, rows.shape[0], rows.shape[1] + 1, pad))
         return apart * 1e3, (time.perf_counter() - start) * 1e3
 
 

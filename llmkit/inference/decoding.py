@@ -11,7 +11,7 @@ into text, stop strings and stop reasons.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -134,9 +134,12 @@ def prompt_ids(tokenizer: Tokenizer, text: str, device: torch.device | str = "cp
 
 def batch_prompts(tokenizer: Tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts left-padded to one length: (B, T0) ids and (B,) padding columns per row."""
-    rows = [prompt_ids(tokenizer, t)[0] for t in texts]
+    return left_padded([prompt_ids(tokenizer, t)[0].tolist() for t in texts], device)
+
+
+def left_padded(rows: list[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids right-aligned in one (B, T0) tensor, with 0 in front of the shorter ones, and
+    (B,) how many columns of each row are that padding (a KV cache masks them)."""
     width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :] = r
-    return ids.to(device), torch.tensor([width - len(r) for r in rows], device=device)
+    ids = torch.tensor([[0] * (width - len(r)) + list(r) for r in rows], dtype=torch.long, device=device)
+    return ids, torch.tensor([width - len(r) for r in rows], device=device)

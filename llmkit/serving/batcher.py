@@ -42,7 +42,7 @@ from llmkit.data.tokenizer import Tokenizer
 from llmkit.errors import LlmkitError
 from llmkit.heap import return_freed_memory
 from llmkit.inference.compiled import compiled, warm_up
-from llmkit.inference.decoding import caches, new_cache, next_logits
+from llmkit.inference.decoding import caches, left_padded, new_cache, next_logits
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
 from llmkit.inference.sampling import Rows, Sampling, next_tokens
@@ -337,12 +337,10 @@ class Batcher:
 
     def _prefill(self, jobs: list[Job]) -> None:
         """One forward pass over the jobs' prompts, right-aligned (rows left-padded and masked)."""
-        longest = max(len(job.request.ids) for job in jobs)
-        rows = [[0] * (longest - len(job.request.ids)) + list(job.request.ids) for job in jobs for _ in range(job.request.n)]
-        pad = torch.tensor([longest - len(job.request.ids) for job in jobs for _ in range(job.request.n)], device=self.device)
+        ids, pad = left_padded([job.request.ids for job in jobs for _ in range(job.request.n)], self.device)
         need = max(job.request.max_tokens for job in jobs)
-        cache = new_cache(self.model, len(rows), longest + min(need - 1, GROW), pad if bool(pad.any()) else None)
-        logits = next_logits(self.model, torch.tensor(rows, device=self.device), cache)  # (rows, V)
+        cache = new_cache(self.model, ids.shape[0], ids.shape[1] + min(need - 1, GROW), pad if bool(pad.any()) else None)
+        logits = next_logits(self.model, ids, cache)  # (rows, V)
         joining = [self._running_for(job) for job in jobs]
         self._take(joining, logits)
         staying, kept, row = [], [], 0
