@@ -71,11 +71,14 @@ class LoadedModel:
 
     def require(self, capability: str, name: str | Path | None = None) -> None:
         """Refuse, saying what the model does instead, unless it can do `capability` ("generates":
-        continue text, or for seq2seq translate lines; "labels": classify)."""
-        kind = self.task_type
-        if capability == "generates" and kind.not_generating is not None:
+        continue text, or for seq2seq translate lines; "continues": continue text; "labels":
+        classify)."""
+        kind, name = self.task_type, name or self.path
+        if capability in ("generates", "continues") and kind.not_generating is not None:
             what, instead = kind.not_generating
-            raise LlmkitError(f"{self.path} is {what}", hint=instead.format(run=name or self.path))
+            raise LlmkitError(f"{self.path} is {what}", hint=instead.format(run=name))
+        if capability == "continues" and not kind.generates:  # seq2seq: it translates numbers
+            raise LlmkitError(f"{self.path} translates, it does not continue text", hint=f"use: llmkit generate {name}")
         if capability == "labels" and kind.labels is None:
             raise LlmkitError(f"{self.path} is not a classifier", hint="make one with: llmkit finetune spam")
 

@@ -19,35 +19,42 @@ import threading
 import time
 
 import torch
-from load_serve import CHAR_PROMPTS, PROMPTS
+from load_serve import CHAR_PROMPTS, PROMPTS, asked
 
 from llmkit.errors import LlmkitError
 from llmkit.inference.chat import chat_template_of, render, special_tokens
 from llmkit.inference.decoding import left_padded, new_cache, next_logits, prompt_ids
 from llmkit.inference.layout import prefer_layout
+from llmkit.inference.prompt_cache import DEFAULT_MB
 from llmkit.inference.sampling import Sampling
 from llmkit.loading import load_model
 from llmkit.serving.batcher import Batcher, Request
 
 
-def prompts(lm) -> list[tuple[int, ...]]:
-    """load_serve.py's prompts as ids: chat-templated for a model with a template."""
+def prompts(lm, clients: int = 1, requests: int = 1) -> list[list[tuple[int, ...]]]:
+    """load_serve.py's prompts as ids, [client][request]: numbered and chat-templated for a model
+    with a template, as load_serve.py sends them to the server's chat endpoint."""
     try:
         template = chat_template_of(lm.tokenizer, "the model")
     except LlmkitError:  # no template: plain continuations, as load_serve.py asks a char model
-        return [tuple(prompt_ids(lm.tokenizer, text)[0].tolist()) for text in CHAR_PROMPTS]
-    texts = [render(template, [{"role": "user", "content": text}], True, **special_tokens(lm.tokenizer)) for text in PROMPTS]
-    return [tuple(prompt_ids(lm.tokenizer, text)[0].tolist()) for text in texts]
+        template = None
+
+    def ids(i: int, r: int) -> tuple[int, ...]:
+        if template is None:
+            return tuple(prompt_ids(lm.tokenizer, asked(CHAR_PROMPTS, False, clients, i, r))[0].tolist())
+        messages = [{"role": "user", "content": asked(PROMPTS, True, clients, i, r)}]
+        return tuple(prompt_ids(lm.tokenizer, render(template, messages, True, **special_tokens(lm.tokenizer)))[0].tolist())
+
+    return [[ids(i, r) for r in range(requests)] for i in range(clients)]
 
 
-def level(batcher: Batcher, asked: list[tuple[int, ...]], clients: int, requests: int, max_tokens: int) -> float:
+def level(batcher: Batcher, lm, clients: int, requests: int, max_tokens: int) -> float:
     """Aggregate generated tokens/s of `clients` threads, each asking `requests` requests in turn."""
-    made = [0] * clients
+    made, table = [0] * clients, prompts(lm, clients, requests)
 
     def client(i: int) -> None:
         for r in range(requests):
-            ids = asked[(i + r) % len(asked)]
-            choices = batcher.complete(Request(ids, max_tokens, Sampling(0.8, None), (), 1, 1000 * i + r))
+            choices = batcher.complete(Request(table[i][r], max_tokens, Sampling(0.8, None), (), 1, 1000 * i + r))
             made[i] += sum(c.tokens for c in choices)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -78,18 +85,18 @@ def step_ms(model, ids: torch.Tensor, rows: int, steps: int = 10) -> tuple[float
         return prompt * 1e3, (time.perf_counter() - start) / steps * 1e3
 
 
-def prompts_ms(model, asked: list[tuple[int, ...]]) -> tuple[float, float]:
+def prompts_ms(model, rows: list[tuple[int, ...]]) -> tuple[float, float]:
     """(ms for the prompts one by one, ms for them as one left-padded batch), each in a new cache,
     as the batcher admits requests that arrive apart or together."""
     with torch.no_grad():
-        prefer_layout(model, len(asked))
+        prefer_layout(model, len(rows))
         start = time.perf_counter()
-        for ids in asked:
+        for ids in rows:
             next_logits(model, torch.tensor([ids]), new_cache(model, 1, len(ids) + 1))
         apart = time.perf_counter() - start
-        rows, pad = left_padded(asked, "cpu")
+        padded, pad = left_padded(rows, "cpu")
         start = time.perf_counter()
-        next_logits(model, rows, new_cache(model, rows.shape[0], rows.shape[1] + 1, pad))
+        next_logits(model, padded, new_cache(model, padded.shape[0], padded.shape[1] + 1, pad))
         return apart * 1e3, (time.perf_counter() - start) * 1e3
 
 
@@ -101,6 +108,7 @@ def main() -> None:
     p.add_argument("--clients", default="1,8")
     p.add_argument("--requests", type=int, default=3, help="requests per client, in turn")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--prompt-cache", type=int, default=DEFAULT_MB, help="the batcher's prompt cache, MB (0: none)")
     args = p.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     if not 1 <= args.requests <= 100 or not 1 <= args.max_tokens <= 1024 or not levels or max(levels) > 64 or min(levels) < 1:
@@ -108,24 +116,26 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model, dtype=args.dtype)
-    asked = prompts(lm)
-    ids = torch.tensor([asked[0]])
+    first = [row[0] for row in prompts(lm, 8)]  # 8 clients' first prompts
+    ids = torch.tensor([first[0]])
     prompt, one = step_ms(lm.model, ids, 1)
     _, many = step_ms(lm.model, ids, max(levels))
     print(f"{args.model} {args.dtype}, {torch.get_num_threads()} thread(s), a prompt of {ids.shape[1]} tokens: "
           f"prompt {prompt:.1f} ms; a step of 1 row {one:.2f} ms, of {max(levels)} rows {many:.2f} ms "
           f"({max(levels) * one / many:.2f}x the tokens/s of one row)")
-    apart, together = prompts_ms(lm.model, asked)
-    print(f"{len(asked)} prompts: one by one {apart:.0f} ms, as one padded batch {together:.0f} ms ({apart / together:.2f}x)")
-    batcher = Batcher(lm.model, lm.tokenizer, max_batch=max(levels))
+    apart, together = prompts_ms(lm.model, first)
+    print(f"{len(first)} prompts: one by one {apart:.0f} ms, as one padded batch {together:.0f} ms ({apart / together:.2f}x)")
+    batcher = Batcher(lm.model, lm.tokenizer, max_batch=max(levels), prompt_cache_mb=args.prompt_cache)
     try:
-        level(batcher, asked, 1, 1, 4)  # warm
+        level(batcher, lm, 1, 1, 4)  # warm
+        batcher.prompts.clear()  # (the batcher is idle: its thread does not touch the cache now)
         single = None
         for clients in levels:
-            rate = level(batcher, asked, clients, args.requests, args.max_tokens)
+            rate = level(batcher, lm, clients, args.requests, args.max_tokens)
             single = single or (rate if clients == 1 else None)
             ratio = f"{rate / single:.2f}x one" if single else ""
-            print(f"{clients:>3} clients x {args.requests} requests of {args.max_tokens} tokens: {rate:8.1f} tokens/s  {ratio}")
+            print(f"{clients:>3} clients x {args.requests} requests of {args.max_tokens} tokens: {rate:8.1f} tokens/s  {ratio}"
+                  f"  (prompt tokens copied from the prompt cache so far: {batcher.prompts.reused})")
     finally:
         batcher.stop()
 

@@ -11,6 +11,7 @@ client's, measured in the same run (the issue's goal: 8 clients >= 3x one). Boun
     .venv/bin/python scripts/load_serve.py --model runs/shakespeare_char --levels 1,8
     .venv/bin/python scripts/load_serve.py --json > load.json
     .venv/bin/python scripts/load_serve.py --model smollm2 --dtype int4 --compile
+    .venv/bin/python scripts/load_serve.py --model smollm2 --prompt-cache 0   # no prompt cache
 
 The char model is recipes/shakespeare_char.yaml with a 256-token context, trained 100 steps
 (speed does not depend on how well it learned); it answers so fast that it gets ten times
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import openai
 
+from llmkit.inference.prompt_cache import DEFAULT_MB
 from llmkit.serving.batcher import IDLE_TRIM_S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +84,15 @@ class Server:
             return -9
 
 
+def asked(prompts: list[str], chat: bool, clients: int, client: int, r: int) -> str:
+    """The r-th prompt of client `client` of `clients`. A chat prompt is numbered, so that no two
+    requests of a run send the same one: the server's prompt cache (llmkit/inference/prompt_cache.py)
+    reuses the chat template's start of every prompt, as it would for real users, but an exact
+    repeat would skip all of it but its last token, and more often with more clients."""
+    text = prompts[(client + r) % len(prompts)]
+    return f"Question {clients}.{client}.{r}: {text}" if chat else text
+
+
 def one_request(client, model: str, prompt: str, chat: bool, max_tokens: int, seed: int) -> dict:
     """A streamed request: time to first token, latency, tokens (from usage), or the error."""
     start = time.perf_counter()
@@ -119,7 +130,7 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
         for r in range(requests):
             if time.perf_counter() - start > seconds:
                 return
-            result = one_request(client, model, prompts[(i + r) % len(prompts)], chat, max_tokens, 1000 * i + r)
+            result = one_request(client, model, asked(prompts, chat, clients, i, r), chat, max_tokens, 1000 * i + r)
             with lock:
                 results.append(result)
 
@@ -155,7 +166,8 @@ def char_model(root: Path) -> str:
 
 
 def measure(model: str, name: str, chat: bool, prompts: list[str], args, root: Path, requests: int) -> dict:
-    options = ["--max-batch", str(args.max_batch), "--name", name, "--dtype", args.dtype, *(["--compile"] if args.compile else [])]
+    options = ["--max-batch", str(args.max_batch), "--name", name, "--dtype", args.dtype,
+               "--prompt-cache", str(args.prompt_cache), *(["--compile"] if args.compile else [])]
     server = Server(model, options, root / f"{name}.log")
     try:
         one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), name, prompts[0], chat, 4, 0)
@@ -183,6 +195,7 @@ def main() -> None:
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--compile", action="store_true", help="serve with --compile (compiled before it listens)")
+    p.add_argument("--prompt-cache", type=int, default=DEFAULT_MB, help="serve --prompt-cache MB (0: none)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]

@@ -64,6 +64,18 @@ def served(batcher: Batcher, req: Request):
     return [(c.text, c.stop_reason, c.tokens) for c in batcher.complete(req)]
 
 
+def collect(q: queue.SimpleQueue, n: int) -> list[tuple]:
+    """A job's events until Done, as (text, reason, tokens) per choice."""
+    texts, finished = [""] * n, {}
+    while not isinstance(event := q.get(timeout=30), Done):
+        assert not isinstance(event, Failed), event
+        if isinstance(event, Text):
+            texts[event.choice] += event.text
+        else:
+            finished[event.choice] = (event.reason, event.tokens)
+    return [(t, *finished[c]) for c, t in enumerate(texts)]
+
+
 SETTINGS = [Sampling(temperature=0), Sampling(temperature=1.0, top_k=None), Sampling(0.9, 5, top_p=0.8),
             Sampling(0.7, None, min_p=0.1, repetition_penalty=1.5)]
 
@@ -129,14 +141,36 @@ def test_requests_that_arrive_together_run_their_prompts_together_and_get_what_t
             for i, (p, s, n) in enumerate(asked):
                 batcher.submit(request(tokenizer, p, 15, s, 20 + i, n), events[i].put)
         for i, q in enumerate(events):
-            texts, finished = [""] * asked[i][2], {}
-            while not isinstance(event := q.get(timeout=30), Done):
-                assert not isinstance(event, Failed), event
-                if isinstance(event, Text):
-                    texts[event.choice] += event.text
-                else:
-                    finished[event.choice] = (event.reason, event.tokens)
-            assert [(t, *finished[c]) for c, t in enumerate(texts)] == wants[i]
+            assert collect(q, asked[i][2]) == wants[i]
+        assert idle(batcher)
+    finally:
+        batcher.stop()
+
+
+@pytest.mark.parametrize("budget_mb", [1, 0], ids=["prompt-cache", "none"])
+def test_prompts_that_start_as_earlier_ones_did_reuse_their_keys_and_values_and_get_what_they_get_alone(budget_mb):
+    """Two prompts are served and kept; then six arrive together: one each kept prompt starts
+    with, one longer than a kept one, one sharing part of one, an exact repeat with n = 2, and two
+    that share nothing. Their rows copy different numbers of columns at different paddings, and each
+    gets what it gets alone; with no cache, the same and nothing reused."""
+    model, tokenizer = char_model()
+    sampling = Sampling(0.9, None, top_p=0.9)
+    first = ["once upon a time there was", "hello, world. how are you"]
+    asked = [("once upon a time", 1), ("once upon a time there was a cat", 1), ("once upon a dog", 1),
+             ("hello, world. how are you", 2), ("zzz\n", 1), ("a", 1)]
+    batcher = Batcher(model, tokenizer, max_batch=16, prompt_cache_mb=budget_mb)
+    try:
+        for i, p in enumerate(first):
+            assert served(batcher, request(tokenizer, p, 12, sampling, i)) == alone(model, tokenizer, p, 12, sampling, i)
+        assert batcher.prompts.reused == 0 and len(batcher.prompts) == (2 if budget_mb else 0)
+        events = [queue.SimpleQueue() for _ in asked]
+        with batcher._lock:  # taken in one step: one group, its rows at different paddings
+            for i, (p, n) in enumerate(asked):
+                batcher.submit(request(tokenizer, p, 12, sampling, 30 + i, n), events[i].put)
+        for i, (p, n) in enumerate(asked):
+            assert collect(events[i], n) == alone(model, tokenizer, p, 12, sampling, 30 + i, n), p
+        # In separate groups by length, rows that know their prompt's start copy it
+        assert (batcher.prompts.reused > 0) == bool(budget_mb)
         assert idle(batcher)
     finally:
         batcher.stop()

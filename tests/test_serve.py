@@ -297,7 +297,7 @@ def test_bodies_that_are_not_requests(server):
 
 
 def test_an_api_key_is_required_when_set(model_dir, tmp_path):
-    served = Served(model_dir, "--api-key", "s3cret", "--threads", "1", log=tmp_path / "serve.log")
+    served = Served(model_dir, "--api-key", "s3cret", "--threads", "1", "--prompt-cache", "0", log=tmp_path / "serve.log")
     try:
         for key in ("wrong", "s3cret-not"):
             with pytest.raises(openai.AuthenticationError):
@@ -411,9 +411,10 @@ def test_models_and_names_that_cannot_be_served_are_refused(cli, workdir, model_
     for name in ("", "x" * 201, "tab\there"):  # refused before the model loads, so never listening
         result = cli("serve", model_dir, "--name", name)
         assert result.code == 2 and "--name must be 1 to 200 printable characters" in result.err
-    for threads in ("0", "-1", "many"):
-        result = cli("serve", model_dir, "--threads", threads)
-        assert result.code == 2 and "--threads" in result.err and "Traceback" not in result.err
+    for flag, value in [("--threads", "0"), ("--threads", "-1"), ("--threads", "many"), ("--prompt-cache", "-1"),
+                        ("--prompt-cache", str(1 << 21)), ("--prompt-cache", "1.5")]:
+        result = cli("serve", model_dir, flag, value)
+        assert result.code == 2 and flag in result.err and "Traceback" not in result.err
 
 
 def test_a_port_in_use_is_a_message(server, model_dir, cli):

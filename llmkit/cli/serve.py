@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from llmkit.cli.options import Checkpoint, Compile, Dtype, Model, RunDevice
-from llmkit.errors import LlmkitError
+from llmkit.inference.prompt_cache import DEFAULT_MB
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -31,6 +31,8 @@ def serve(
         min=0, max=3600, help="On SIGTERM or Ctrl-C, seconds running requests get to finish.")] = 10.0,
     threads: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPU threads for the model's math "
                        "(default: all cores but one, which the HTTP side keeps).", show_default=False)] = None,
+    prompt_cache: Annotated[int, typer.Option(min=0, max=1 << 20, help="MB of recent prompts' keys and values "
+                            "kept, so that a prompt starting as one did computes only the rest (0: none).")] = DEFAULT_MB,
     dtype: Dtype = "fp32",
     compile_step: Compile = False,
     device: RunDevice = "auto",
@@ -53,12 +55,10 @@ def serve(
     served, api_key = name_and_key(name, model, api_key)
     model_threads(threads)
     loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
-    loaded.require("generates", model)
-    if not loaded.generates:  # a seq2seq run translates numbers: no text API for it
-        raise LlmkitError(f"{loaded.path} translates, it does not continue text", hint=f"use: llmkit generate {model}")
+    loaded.require("continues", model)  # a seq2seq run translates numbers: no text API for it
     if compile_step:  # the batcher compiles before the server listens
         say("compiling the decoding step (once; later starts reuse what is cached on disk)")
-    server = Server(loaded, served, Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue), limits, api_key)
+    batcher = Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue, prompt_cache)
 
     def announce(url: str) -> None:
         if host not in LOOPBACK and api_key is None:
@@ -66,5 +66,5 @@ def serve(
         say(f"serving '{served}' at {url} (max batch {max_batch}); Ctrl-C stops")
         print(url, flush=True)
 
-    run(server, host, port, announce)
+    run(Server(loaded, served, batcher, limits, api_key), host, port, announce)
     sys.stdout.flush()

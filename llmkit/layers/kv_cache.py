@@ -136,6 +136,26 @@ class KVCache:
             raise ValueError(f"the cache holds {self.max_len} positions; {self.length} + {new} do not fit")
         return torch.arange(self.length, self.length + new, device=self.device)
 
+    def row(self, b: int, start: int, end: int) -> torch.Tensor:
+        """(n_layer, 2, K, end - start, D): row b's keys and values at columns [start, end), copied
+        (what llmkit/inference/prompt_cache.py keeps of a prompt)."""
+        return torch.stack([torch.stack((layer.keys[b, :, start:end], layer.values[b, :, start:end]))
+                            for layer in self.layers])
+
+    def start_known(self, columns: int, known: list[tuple[int, int, torch.Tensor]]) -> None:
+        """Begin an empty cache with its first `columns` columns already computed elsewhere: each
+        (b, at, kv) writes kv's (n_layer, 2, K, n, D) keys and values at columns [at, at + n) of
+        row b, and the rest of those columns are zeros (padding, masked; never garbage, whose NaN
+        survives the mask as NaN * 0). The next forward pass then runs from column `columns` on."""
+        if self.length or columns > self.max_len:
+            raise ValueError(f"start_known needs an empty cache of at least {columns} columns")
+        for i, layer in enumerate(self.layers):
+            for which, storage in enumerate((layer.keys, layer.values)):
+                storage[:, :, :columns].zero_()
+                for b, at, kv in known:
+                    storage[b, :, at : at + kv.shape[3]] = kv[i, which]
+        self.length = columns
+
     def end(self, new: int) -> None:
         """Called by the model after the forward pass: the new columns are now cached."""
         self.length += new

@@ -45,6 +45,7 @@ from llmkit.inference.compiled import compiled, warm_up
 from llmkit.inference.decoding import caches, left_padded, new_cache, next_logits
 from llmkit.inference.generation import Completion, RowText
 from llmkit.inference.layout import prefer_layout
+from llmkit.inference.prompt_cache import DEFAULT_MB, PromptCache
 from llmkit.inference.sampling import Rows, Sampling, next_tokens
 from llmkit.layers.kv_cache import KVCache
 
@@ -157,11 +158,13 @@ class Batcher:
     """Decodes submitted requests on a thread of its own, `max_batch` rows at a time, with up to
     `max_queue` requests waiting for room."""
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 64):
-        if not 1 <= max_batch <= 4096 or not 0 <= max_queue <= 1_000_000:
-            raise LlmkitError(f"--max-batch must be 1 to 4096 and --max-queue 0 to 1,000,000, "
-                              f"got {max_batch} and {max_queue}")
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_batch: int = 8, max_queue: int = 64,
+                 prompt_cache_mb: int = DEFAULT_MB):
+        if not 1 <= max_batch <= 4096 or not 0 <= max_queue <= 1_000_000 or not 0 <= prompt_cache_mb <= 1 << 20:
+            raise LlmkitError(f"--max-batch must be 1 to 4096, --max-queue 0 to 1,000,000 and --prompt-cache "
+                              f"0 to 1,048,576 MB, got {max_batch}, {max_queue} and {prompt_cache_mb}")
         self.model, self.tokenizer = model, tokenizer
+        self.prompts = PromptCache(prompt_cache_mb << 20)  # only the batcher's thread touches it
         self.max_batch, self.max_queue = max_batch, max_queue
         self.block, self.cached = model.config.block_size, caches(model)
         self.end_id = getattr(tokenizer, "eot_id", None)
@@ -340,7 +343,9 @@ class Batcher:
         ids, pad = left_padded([job.request.ids for job in jobs for _ in range(job.request.n)], self.device)
         need = max(job.request.max_tokens for job in jobs)
         cache = new_cache(self.model, ids.shape[0], ids.shape[1] + min(need - 1, GROW), pad if bool(pad.any()) else None)
-        logits = next_logits(self.model, ids, cache)  # (rows, V)
+        known = self._known(jobs, pad.tolist(), cache)
+        logits = next_logits(self.model, ids[:, known:], cache)  # (rows, V)
+        self._remember(jobs, pad.tolist(), cache)
         joining = [self._running_for(job) for job in jobs]
         self._take(joining, logits)
         staying, kept, row = [], [], 0
@@ -361,6 +366,30 @@ class Batcher:
             everyone = torch.arange(self._cache.batch, device=self.device)
             self._cache = KVCache.gather([(self._cache, everyone), (cache, kept)], self._room(staying))
         self._running.extend(staying)
+
+    def _known(self, jobs: list[Job], pad: list[int], cache: KVCache) -> int:
+        """Copy what the prompt cache holds of the jobs' prompts into their rows of `cache`; return
+        how many leading columns are then known in every row (the forward pass runs the rest).
+        Row b's prompt starts at column pad[b], so with m of its ids known, its columns up to
+        pad[b] + m are; a row that knows more than the others has the surplus computed again."""
+        hits = [self.prompts.longest(job.request.ids) for job in jobs for _ in range(job.request.n)]
+        start = min(p + m for p, (_, m) in zip(pad, hits))
+        if start == 0:
+            return 0
+        cache.start_known(start, [(b, p, kv[:, :, :, : start - p]) for b, (p, (kv, _)) in enumerate(zip(pad, hits))
+                                  if start > p])
+        self.prompts.reused += sum(max(0, start - p) for p in pad)
+        return start
+
+    def _remember(self, jobs: list[Job], pad: list[int], cache: KVCache) -> None:
+        """Keep each job's prompt's keys and values (its first row's) in the prompt cache."""
+        if not self.prompts.budget:
+            return
+        row = 0
+        for job in jobs:
+            if not self.prompts.holds(job.request.ids):
+                self.prompts.add(job.request.ids, cache.row(row, pad[row], pad[row] + len(job.request.ids)))
+            row += job.request.n
 
     def _step(self) -> None:
         """One forward pass over every row's last token; the rows' next tokens, sampled together."""
