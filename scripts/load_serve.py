@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import openai
@@ -177,12 +178,15 @@ def measure(model: str, name: str, chat: bool, prompts: list[str], args, root: P
         rows = [level(server, name, c, requests, args.seconds, chat, prompts, args.max_tokens) for c in args.levels]
         time.sleep(settle)
         after_mb = server.rss_mb()
+        with urllib.request.urlopen(server.url.removesuffix("/v1") + "/health", timeout=30) as reply:
+            kept = json.load(reply).get("prompt_cache", {})
     finally:
         code = server.stop()
     single = rows[0]["tokens_per_s"] if rows and rows[0]["clients"] == 1 else None
     for row in rows:
         row["vs_one_client"] = row["tokens_per_s"] / single if single else None
-    return {"model": name, "idle_rss_mb": idle_mb, "rss_after_mb": after_mb, "exit_code": code, "levels": rows}
+    return {"model": name, "idle_rss_mb": idle_mb, "rss_after_mb": after_mb, "prompt_cache_mb": kept.get("mb"),
+            "prompt_tokens_reused": kept.get("reused_tokens"), "exit_code": code, "levels": rows}
 
 
 def main() -> None:
@@ -219,8 +223,9 @@ def main() -> None:
         print(json.dumps(report, indent=1))
         return
     for r in reports:
-        print(f"\n{r['model']}: idle RSS {r['idle_rss_mb']:.0f} MB, after the levels {r['rss_after_mb']:.0f} MB, "
-              f"exit code {r['exit_code']}")
+        print(f"\n{r['model']}: idle RSS {r['idle_rss_mb']:.0f} MB, after the levels {r['rss_after_mb']:.0f} MB "
+              f"(of which the prompt cache holds {r['prompt_cache_mb']} MB; it gave {r['prompt_tokens_reused']} prompt "
+              f"tokens), exit code {r['exit_code']}")
         print("clients  requests  errors  req/s   tok/s  x one  ttft p50/p95 s   latency p50/p95 s  peak RSS MB")
         for x in r["levels"]:
             def s(key):

@@ -54,7 +54,7 @@ def idle(batcher: Batcher, timeout: float = 10.0) -> bool:
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if batcher.load() == {"rows": 0, "waiting": 0} and batcher._cache is None:
+        if batcher.load()["rows"] == batcher.load()["waiting"] == 0 and batcher._cache is None:
             return True
         time.sleep(0.01)
     return False
@@ -172,6 +172,27 @@ def test_prompts_that_start_as_earlier_ones_did_reuse_their_keys_and_values_and_
         # In separate groups by length, rows that know their prompt's start copy it
         assert (batcher.prompts.reused > 0) == bool(budget_mb)
         assert idle(batcher)
+    finally:
+        batcher.stop()
+
+
+def test_a_conversations_next_turn_reuses_the_last_turns_prompt_and_answer(gpt):
+    """The second turn sends the first turn's prompt and answer back, then more: all of the
+    first turn but the answer's last token (sampled, never fed) is copied, not computed, and the
+    second answer is what it is alone."""
+    model, tokenizer = gpt
+    sampling = Sampling(0.9, None)
+    batcher = Batcher(model, tokenizer, max_batch=4)
+    try:
+        first = "once upon a time"
+        answer = served(batcher, request(tokenizer, first, 10, sampling, 1))[0][0]
+        assert len(answer) == 10  # a char model: one character per token, no end-of-text
+        second = first + answer + " and then"
+        reused = batcher.prompts.reused
+        got = served(batcher, request(tokenizer, second, 10, sampling, 2))
+        assert got == alone(model, tokenizer, second, 10, sampling, 2)
+        assert batcher.prompts.reused - reused == len(first) + len(answer) - 1
+        assert batcher.prompts.holds(tuple(tokenizer.encode(second + got[0][0][:-1]).tolist()))
     finally:
         batcher.stop()
 

@@ -436,6 +436,17 @@ def test_smollm2_answers_over_http_as_generate_does(cli, tmp_path):
                                                           messages=[{"role": "user", "content": question}])
         assert answer.choices[0].message.content == want[0] and "Paris" in want[0]
         assert answer.choices[0].finish_reason == "stop"  # it ended its turn (<|im_end|>)
+        # The next turn sends this one back: the prompt cache copies it (its prompt and answer), and
+        # the second answer is what `llmkit chat` answers in the same conversation
+        before = served.health()["prompt_cache"]["reused_tokens"]
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": want[0]},
+                    {"role": "user", "content": "And of Germany?"}]
+        second = served.client().chat.completions.create(model="smollm2", temperature=0, max_tokens=40, messages=messages)
+        # all of the first turn: its prompt and its answer, whose <|im_end|> (sampled, not counted) was never fed
+        first_turn = answer.usage.prompt_tokens + answer.usage.completion_tokens
+        assert served.health()["prompt_cache"]["reused_tokens"] - before == first_turn
+        chat = cli("chat", "smollm2", "--temperature", "0", "-n", "40", stdin=f"{question}\nAnd of Germany?\n")
+        assert chat.code == 0 and chat.out == f"{want[0]}\n{second.choices[0].message.content}\n"
     finally:
         assert served.stop() == 0
 

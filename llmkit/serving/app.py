@@ -1,6 +1,6 @@
 """`llmkit serve`: a loaded model behind the OpenAI HTTP API, on FastAPI and uvicorn.
 
-    GET  /health                 {"status": "ok", "model": NAME, "rows": ..., "waiting": ...}
+    GET  /health                 {"status": "ok", "model": NAME, "rows": ..., "waiting": ..., "prompt_cache": {...}}
     GET  /v1/models              the one model served, by its NAME
     POST /v1/chat/completions    messages -> the model's chat template -> an answer
     POST /v1/completions         a prompt (or several) -> its continuation

@@ -12,11 +12,13 @@ concurrent requests in the same batch, and it cannot wait for them all to start 
 
 Each step, one thread (this module's `Batcher`) admits waiting requests while the batch has
 rows free (`max_batch`), runs the new prompts once (those of similar length together, as one
-left-padded batch) to fill their own KV cache and choose their first tokens, and joins that cache
-to the batch's (`KVCache.gather`: rows right-aligned, shorter ones
-left-padded and masked). Then one forward pass over the batch's last tokens gives every row its
-next token. Requests whose rows have all ended (end-of-text, a stop string, max_tokens, the
-context, or a client that went away) leave between steps.
+left-padded batch; each from where the prompt cache's copy of its start ends, when it has one:
+llmkit/inference/prompt_cache.py) to fill their own KV cache and choose their first tokens, and
+joins that cache to the batch's (`KVCache.gather`: rows right-aligned, shorter ones left-padded
+and masked). Then one forward pass over the batch's last tokens gives every row its next token.
+Requests whose rows have all ended (end-of-text, a stop string, max_tokens, the context, or a
+client that went away) leave between steps; the prompt cache keeps their prompts, and a one-row
+request's answer too (a chat client's next turn sends both back).
 
 Each request keeps its own sampling settings and its own random generator, seeded by its seed, and
 its `n` rows stay together until the last of them ends; so a request draws exactly the tokens
@@ -118,6 +120,7 @@ class _Running:
                  left: int):
         self.job, self.rows, self.generator, self.history, self.left = job, rows, generator, history, left
         self.last: list[int] = []
+        self.answer: list[int] = []  # a one-row job's ids so far, for the prompt cache
 
     @property
     def over(self) -> bool:
@@ -222,9 +225,11 @@ class Batcher:
         return choices
 
     def load(self) -> dict:
-        """What the batcher holds now: rows decoding and requests waiting."""
+        """What the batcher holds now: rows decoding, requests waiting, and the prompt cache's
+        prompts, size and prompt tokens copied from it so far (read as the batcher's thread left them)."""
+        cache = {"prompts": len(self.prompts), "mb": round(self.prompts.bytes / 2**20, 1), "reused_tokens": self.prompts.reused}
         with self._lock:
-            return {"rows": sum(r.job.request.n for r in self._running), "waiting": len(self._waiting)}
+            return {"rows": sum(r.job.request.n for r in self._running), "waiting": len(self._waiting), "prompt_cache": cache}
 
     def drain(self, timeout: float) -> None:
         """Take no new requests; let those queued and running finish for up to `timeout` seconds;
@@ -391,6 +396,21 @@ class Batcher:
                 self.prompts.add(job.request.ids, cache.row(row, pad[row], pad[row] + len(job.request.ids)))
             row += job.request.n
 
+    def _remember_answers(self) -> None:
+        """Keep the prompt and answer of each one-row job that is over in the prompt cache: a chat
+        client's next turn sends both back, followed by its new message. The cache holds the
+        answer's ids but its last (sampled, never fed); a row holding anything else is skipped."""
+        if not self.prompts.budget or self._cache is None:
+            return
+        pad, row = self._cache.padding().tolist(), 0
+        for running in self._running:
+            r = running.job.request
+            if running.over and r.n == 1:
+                ids = r.ids + tuple(running.answer[:-1])
+                if self._cache.length - pad[row] == len(ids) and not self.prompts.holds(ids):
+                    self.prompts.add(ids, self._cache.row(row, pad[row], self._cache.length))
+            row += r.n
+
     def _step(self) -> None:
         """One forward pass over every row's last token; the rows' next tokens, sampled together."""
         if not self.cached:  # no cache and no key mask in the small rungs: each job alone, its window of the context
@@ -412,6 +432,8 @@ class Batcher:
         for running in jobs:
             r = running.job.request
             running.last, row = ids[row : row + r.n], row + r.n
+            if r.n == 1:
+                running.answer.append(running.last[0])
             if running.history is not None:
                 running.history = torch.cat([running.history, tokens[row - r.n : row]], dim=1)
             running.left -= 1
@@ -431,6 +453,7 @@ class Batcher:
         staying = [r for r in self._running if not r.over]
         if len(staying) == len(self._running):
             return
+        self._remember_answers()
         if staying and self._cache is not None:
             rows, row = [], 0
             for running in self._running:

@@ -1,0 +1,110 @@
+"""What the server's prompt cache (llmkit/inference/prompt_cache.py) saves: time to first token with
+it and without it (`llmkit serve --prompt-cache 0`), in the same run, through the server's batcher
+(no HTTP, one client at a time).
+
+Two workloads, each run by a batcher without a prompt cache, then by one with it:
+- new users: load_serve.py's 8 chat prompts, each sent once. They share the chat template's start
+  (SmolLM2's system prompt, 24 tokens), so the cache skips that part of each after the first.
+- a conversation: 4 turns, each sending every earlier turn back (as a chat client does) with a new
+  message. The cache holds the last turn's prompt and answer, so each turn computes its new
+  message and little more.
+
+Each request: greedy, --max-tokens new tokens. Printed per request: prompt tokens, tokens copied
+from the cache, time to first token without and with the cache, and their ratio. Greedy answers
+with and without the cache are compared too (they may differ only where two tokens' logits
+meet within float rounding).
+
+    .venv/bin/python scripts/bench_prompt_cache.py --model smollm2 --dtype fp32 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import time
+
+import torch
+from load_serve import PROMPTS
+
+from llmkit.inference.chat import chat_template_of, render, special_tokens
+from llmkit.inference.sampling import Sampling
+from llmkit.loading import load_model
+from llmkit.serving.batcher import Batcher, Done, Failed, Request, Text
+
+TURNS = ["Tell me about the moon.", "How far away is it?", "Who walked on it first?", "What did they bring back?"]
+
+
+def ask(batcher: Batcher, ids: tuple[int, ...], max_tokens: int) -> tuple[float, str]:
+    """(seconds to the first text, the whole answer) of one greedy request."""
+    events: queue.SimpleQueue = queue.SimpleQueue()
+    start = time.perf_counter()
+    batcher.submit(Request(ids, max_tokens, Sampling(temperature=0)), events.put)
+    first, text = None, ""
+    while not isinstance(event := events.get(timeout=600), Done):
+        if isinstance(event, Failed):
+            raise SystemExit(event.message)
+        if isinstance(event, Text):
+            first = first if first is not None else time.perf_counter() - start
+            text += event.text
+    return first if first is not None else time.perf_counter() - start, text
+
+
+def workloads(lm, batcher: Batcher, max_tokens: int) -> list[tuple[str, int, int, float, str]]:
+    """(workload, prompt tokens, tokens copied, seconds to first text, answer) per request."""
+    template, special = chat_template_of(lm.tokenizer, "the model"), special_tokens(lm.tokenizer)
+
+    def ids(messages: list[dict]) -> tuple[int, ...]:
+        return tuple(lm.tokenizer.encode(render(template, messages, True, **special)).tolist())
+
+    rows = []
+    for text in PROMPTS:
+        prompt, before = ids([{"role": "user", "content": text}]), batcher.prompts.reused
+        ttft, answer = ask(batcher, prompt, max_tokens)
+        rows.append(("new user", len(prompt), batcher.prompts.reused - before, ttft, answer))
+    messages: list[dict] = []
+    for turn in TURNS:
+        messages.append({"role": "user", "content": turn})
+        prompt, before = ids(messages), batcher.prompts.reused
+        ttft, answer = ask(batcher, prompt, max_tokens)
+        messages.append({"role": "assistant", "content": answer})
+        rows.append(("conversation", len(prompt), batcher.prompts.reused - before, ttft, answer))
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--max-tokens", type=int, default=48)
+    args = p.parse_args()
+    if not 1 <= args.max_tokens <= 512:
+        raise SystemExit("--max-tokens 1..512")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    lm = load_model(args.model, dtype=args.dtype)
+    results = {}
+    for mb in (0, 128):
+        batcher = Batcher(lm.model, lm.tokenizer, max_batch=1, prompt_cache_mb=mb)
+        try:
+            ask(batcher, tuple(lm.tokenizer.encode("Hello").tolist()), 2)  # warm (then forgotten)
+            batcher.prompts.clear()
+            results[mb] = workloads(lm, batcher, args.max_tokens)
+        finally:
+            batcher.stop()
+    print(f"{args.model} {args.dtype}, {torch.get_num_threads()} thread(s), greedy, {args.max_tokens} new tokens")
+    print("workload       prompt  copied  first text: no cache  cache   ratio  same answer")
+    sums = {}
+    for off, on in zip(results[0], results[128]):
+        kind, tokens, copied, ttft, answer = on
+        same = "yes" if answer == off[4] else "no"
+        print(f"{kind:<13} {tokens:>7} {copied:>7}  {off[3] * 1e3:14.0f} ms {ttft * 1e3:6.0f} ms  {off[3] / ttft:5.2f}x  {same}")
+        total = sums.setdefault(kind, [0.0, 0.0])
+        total[0], total[1] = total[0] + off[3], total[1] + ttft
+    for kind, (off, on) in sums.items():
+        print(f"{kind}: time to first text, summed: {off * 1e3:.0f} ms without the cache, {on * 1e3:.0f} ms with it "
+              f"({off / on:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
