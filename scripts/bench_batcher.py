@@ -6,7 +6,9 @@ the same machine. This runs the same `Batcher` in one process: C client threads 
 model's chat template when it has one, as the server's chat endpoint does), --max-tokens new
 tokens at temperature 0.8. It prints aggregate tokens/s for each level and its ratio to one client. It also
 prints one decoding step's time at 1 and at the largest level's rows, timed apart from the
-batcher, and the prompt's time alone: the bound batching has on this model and machine.
+batcher, and the prompt's time alone: the bound batching has on this model and machine. And per
+level, the share of the time the batcher's thread spent on prompts and on steps, and the median
+step at the level's most rows.
 
     .venv/bin/python scripts/bench_batcher.py --model smollm2 --dtype int4 --threads 1
     .venv/bin/python scripts/bench_batcher.py --model runs/shakespeare_char --clients 1,8,16
@@ -48,8 +50,8 @@ def prompts(lm, clients: int = 1, requests: int = 1) -> list[list[tuple[int, ...
     return [[ids(i, r) for r in range(requests)] for i in range(clients)]
 
 
-def level(batcher: Batcher, lm, clients: int, requests: int, max_tokens: int) -> float:
-    """Aggregate generated tokens/s of `clients` threads, each asking `requests` requests in turn."""
+def level(batcher: Batcher, lm, clients: int, requests: int, max_tokens: int) -> tuple[float, float]:
+    """(aggregate generated tokens/s, seconds) of `clients` threads, each asking `requests` requests in turn."""
     made, table = [0] * clients, prompts(lm, clients, requests)
 
     def client(i: int) -> None:
@@ -63,7 +65,38 @@ def level(batcher: Batcher, lm, clients: int, requests: int, max_tokens: int) ->
         t.start()
     for t in threads:
         t.join()
-    return sum(made) / (time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return sum(made) / wall, wall
+
+
+class Breakdown:
+    """Where the batcher's thread spends a level: each call of its `_admit` (prompts) and `_step`
+    (one decoding step) timed, and the rows of each step."""
+
+    def __init__(self, batcher: Batcher):
+        self.admit, self.steps = 0.0, []  # seconds in admissions; (rows, seconds) per step
+        admit, step = batcher._admit, batcher._step
+
+        def timed_admit(jobs):
+            start = time.perf_counter()
+            admit(jobs)
+            self.admit += time.perf_counter() - start
+
+        def timed_step():
+            rows, start = sum(r.job.request.n for r in batcher._running), time.perf_counter()
+            step()
+            self.steps.append((rows, time.perf_counter() - start))
+
+        batcher._admit, batcher._step = timed_admit, timed_step
+
+    def report(self, wall: float) -> str:
+        """One line on the level just run (`wall` seconds); then starts over for the next."""
+        full = max(rows for rows, _ in self.steps)
+        at_full = sorted(t for rows, t in self.steps if rows == full)
+        line = (f"      prompts {self.admit / wall:.0%} and steps {sum(t for _, t in self.steps) / wall:.0%} of the "
+                f"time; {len(at_full)} of {len(self.steps)} steps at {full} rows, median {at_full[len(at_full) // 2] * 1e3:.1f} ms")
+        self.admit, self.steps = 0.0, []
+        return line
 
 
 def step_ms(model, ids: torch.Tensor, rows: int, steps: int = 10) -> tuple[float, float]:
@@ -129,13 +162,14 @@ def main() -> None:
     try:
         level(batcher, lm, 1, 1, 4)  # warm
         batcher.prompts.clear()  # (the batcher is idle: its thread does not touch the cache now)
-        single = None
+        breakdown, single = Breakdown(batcher), None
         for clients in levels:
-            rate = level(batcher, lm, clients, args.requests, args.max_tokens)
+            rate, wall = level(batcher, lm, clients, args.requests, args.max_tokens)
             single = single or (rate if clients == 1 else None)
             ratio = f"{rate / single:.2f}x one" if single else ""
             print(f"{clients:>3} clients x {args.requests} requests of {args.max_tokens} tokens: {rate:8.1f} tokens/s  {ratio}"
                   f"  (prompt tokens copied from the prompt cache so far: {batcher.prompts.reused})")
+            print(breakdown.report(wall))
     finally:
         batcher.stop()
 

@@ -9,12 +9,20 @@ Two workloads, each run by a batcher without a prompt cache, then by one with it
   message. The cache holds the last turn's prompt and answer, so each turn computes its new
   message and little more.
 
+With --load, the same comparison under load, through HTTP instead: two `llmkit serve` processes of
+the model (`--prompt-cache 0` and the default), started together and warmed; then for each of
+--rounds rounds and each level of --load clients, load_serve.py's level (streaming clients, 3
+requests each, 64 tokens at temperature 0.8) against one server and then the other, the order
+alternating by round, so that both meet the machine in the same state. Each round's prompts are
+new (numbered by round), so that nothing is an exact repeat of an earlier round's.
+
 Each request: greedy, --max-tokens new tokens. Printed per request: prompt tokens, tokens copied
 from the cache, time to first token without and with the cache, and their ratio. Greedy answers
 with and without the cache are compared too (they may differ only where two tokens' logits
 meet within float rounding).
 
     .venv/bin/python scripts/bench_prompt_cache.py --model smollm2 --dtype fp32 --threads 1
+    .venv/bin/python scripts/bench_prompt_cache.py --model smollm2 --dtype int4 --load 1,8 --rounds 3
 """
 
 from __future__ import annotations
@@ -71,15 +79,62 @@ def workloads(lm, batcher: Batcher, max_tokens: int) -> list[tuple[str, int, int
     return rows
 
 
+def under_load(model: str, dtype: str, levels: list[int], rounds: int) -> None:
+    """Tokens/s and median time to first token of each level, with and without the prompt cache,
+    alternating servers (module docstring)."""
+    import tempfile
+    from pathlib import Path
+
+    import load_serve
+    import openai
+
+    with tempfile.TemporaryDirectory() as tmp:
+        servers = {mb: load_serve.Server(model, ["--name", "m", "--dtype", dtype, "--prompt-cache", str(mb)],
+                                         Path(tmp) / f"serve{mb}.log") for mb in (0, 128)}
+        try:
+            for server in servers.values():
+                load_serve.one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), "m", "Hello",
+                                       True, 4, 0)
+            rates: dict[tuple[int, int], list[tuple[float, float]]] = {}
+            for r in range(rounds):
+                for clients in levels:
+                    for mb in (0, 128) if r % 2 == 0 else (128, 0):
+                        x = load_serve.level(servers[mb], "m", clients, 3, 600, True, load_serve.PROMPTS, 64, f"{r}.")
+                        if x["errors"]:
+                            raise SystemExit(f"errors: {x['first_error']}")
+                        rates.setdefault((clients, mb), []).append((x["tokens_per_s"], x["ttft_p50"]))
+                        print(f"round {r + 1}, {clients} clients, prompt cache {mb:>3} MB: {x['tokens_per_s']:6.1f} tokens/s, "
+                              f"first token p50 {x['ttft_p50']:.2f} s", flush=True)
+        finally:
+            codes = [server.stop() for server in servers.values()]
+    print(f"exit codes {codes}")
+    mean = {key: sum(t for t, _ in v) / len(v) for key, v in rates.items()}
+    for clients in levels:
+        print(f"{clients} clients, mean tokens/s: {mean[clients, 0]:.1f} without the cache, {mean[clients, 128]:.1f} with it "
+              f"({mean[clients, 128] / mean[clients, 0]:.2f}x)")
+    if 1 in levels:
+        for clients in levels:
+            print(f"{clients} clients against 1: {mean[clients, 0] / mean[1, 0]:.2f}x without the cache, "
+                  f"{mean[clients, 128] / mean[1, 128]:.2f}x with it")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--load", default=None, help="client levels, e.g. 1,8: compare two servers under load instead")
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
-    if not 1 <= args.max_tokens <= 512:
-        raise SystemExit("--max-tokens 1..512")
+    if not 1 <= args.max_tokens <= 512 or not 1 <= args.rounds <= 10:
+        raise SystemExit("--max-tokens 1..512, --rounds 1..10")
+    if args.load:
+        levels = [int(x) for x in args.load.split(",")]
+        if min(levels) < 1 or max(levels) > 64:
+            raise SystemExit("--load levels 1..64 clients")
+        under_load(args.model, args.dtype, levels, args.rounds)
+        return
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     lm = load_model(args.model, dtype=args.dtype)

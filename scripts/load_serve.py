@@ -85,13 +85,13 @@ class Server:
             return -9
 
 
-def asked(prompts: list[str], chat: bool, clients: int, client: int, r: int) -> str:
+def asked(prompts: list[str], chat: bool, clients: int, client: int, r: int, tag: str = "") -> str:
     """The r-th prompt of client `client` of `clients`. A chat prompt is numbered, so that no two
     requests of a run send the same one: the server's prompt cache (llmkit/inference/prompt_cache.py)
     reuses the chat template's start of every prompt, as it would for real users, but an exact
     repeat would skip all of it but its last token, and more often with more clients."""
     text = prompts[(client + r) % len(prompts)]
-    return f"Question {clients}.{client}.{r}: {text}" if chat else text
+    return f"Question {tag}{clients}.{client}.{r}: {text}" if chat else text
 
 
 def one_request(client, model: str, prompt: str, chat: bool, max_tokens: int, seed: int) -> dict:
@@ -120,7 +120,9 @@ def one_request(client, model: str, prompt: str, chat: bool, max_tokens: int, se
 
 
 def level(server: Server, model: str, clients: int, requests: int, seconds: float, chat: bool, prompts: list[str],
-          max_tokens: int) -> dict:
+          max_tokens: int, tag: str = "") -> dict:
+    """One level: `clients` threads, each streaming `requests` requests in turn (`tag` makes the
+    prompts of a repeated level new ones)."""
     client = openai.OpenAI(base_url=server.url, api_key="none", max_retries=0, timeout=600)
     results: list[dict] = []
     lock = threading.Lock()
@@ -131,7 +133,7 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
         for r in range(requests):
             if time.perf_counter() - start > seconds:
                 return
-            result = one_request(client, model, asked(prompts, chat, clients, i, r), chat, max_tokens, 1000 * i + r)
+            result = one_request(client, model, asked(prompts, chat, clients, i, r, tag), chat, max_tokens, 1000 * i + r)
             with lock:
                 results.append(result)
 

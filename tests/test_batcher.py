@@ -197,6 +197,15 @@ def test_a_conversations_next_turn_reuses_the_last_turns_prompt_and_answer(gpt):
         batcher.stop()
 
 
+def test_a_prompt_cache_budget_out_of_range_is_refused(gpt):
+    from llmkit.errors import LlmkitError
+
+    model, tokenizer = gpt
+    for mb in (-1, (1 << 20) + 1):
+        with pytest.raises(LlmkitError, match="--prompt-cache"):
+            Batcher(model, tokenizer, prompt_cache_mb=mb)
+
+
 def test_prompts_are_grouped_by_length_within_the_padding_and_token_bounds():
     from llmkit.serving.batcher import PREFILL_TOKENS, Job, _prefill_groups
 

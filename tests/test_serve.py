@@ -167,13 +167,17 @@ def test_a_chat_answer_is_what_generate_chat_prints(server, model_dir, cli):
     assert usage.completion_tokens == whole.usage.completion_tokens and usage.prompt_tokens == whole.usage.prompt_tokens
 
 
-def test_seeds_repeat_and_differ(server):
+def test_seeds_repeat_and_differ(server, model_dir):
     client = server.client()
 
     def ask(seed):
         return client.completions.create(model=NAME, prompt=PROMPT, max_tokens=16, temperature=1.0, seed=seed).choices[0].text
 
-    assert ask(1) == ask(1) and ask(2) == ask(2)
+    before = server.health()["prompt_cache"]
+    assert ask(1) == ask(1) and ask(2) == ask(2)  # the repeats copy all of the prompt but its last token
+    after = server.health()["prompt_cache"]
+    n = len(server_ids(model_dir, PROMPT))
+    assert after["reused_tokens"] - before["reused_tokens"] >= 3 * (n - 1) and 0 < after["mb"] <= 128
     assert len({ask(1), ask(2), ask(3)}) == 3
     unseeded = [client.completions.create(model=NAME, prompt=PROMPT, max_tokens=16, temperature=1.0).choices[0].text
                 for _ in range(3)]
