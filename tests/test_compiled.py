@@ -126,6 +126,13 @@ def test_the_batcher_with_compiled_blocks_serves_what_it_serves_eagerly(compiled
                 for r, q in zip(requests, events):
                     batcher.submit(r, q.put)
             served[m] = [_texts(q, r.n) for r, q in zip(requests, events)]
+            # Then a prompt that starts as the first one did: its start copied from the prompt cache
+            # into a fixed-size cache (FixedKVCache.start_known), the rest run, the same as eager
+            later = Request(tuple(range(1, 14)), 10, Sampling(temperature=0.9, top_k=None), (), 1, seed=7)
+            events = queue.SimpleQueue()
+            batcher.submit(later, events.put)
+            served[m].append(_texts(events, 1))
+            assert batcher.prompts.reused >= 8
         finally:
             batcher.stop()
     assert served[model] == served[eager]
