@@ -348,9 +348,10 @@ class Batcher:
         ids, pad = left_padded([job.request.ids for job in jobs for _ in range(job.request.n)], self.device)
         need = max(job.request.max_tokens for job in jobs)
         cache = new_cache(self.model, ids.shape[0], ids.shape[1] + min(need - 1, GROW), pad if bool(pad.any()) else None)
-        known = self._known(jobs, pad.tolist(), cache)
+        pads = pad.tolist()
+        known = self._known(jobs, pads, cache)
         logits = next_logits(self.model, ids[:, known:], cache)  # (rows, V)
-        self._remember(jobs, pad.tolist(), cache)
+        self._remember(jobs, pads, cache)
         joining = [self._running_for(job) for job in jobs]
         self._take(joining, logits)
         staying, kept, row = [], [], 0
@@ -377,7 +378,8 @@ class Batcher:
         how many leading columns are then known in every row (the forward pass runs the rest).
         Row b's prompt starts at column pad[b], so with m of its ids known, its columns up to
         pad[b] + m are; a row that knows more than the others has the surplus computed again."""
-        hits = [self.prompts.longest(job.request.ids) for job in jobs for _ in range(job.request.n)]
+        found = [self.prompts.longest(job.request.ids) for job in jobs]  # one search per job, its n rows share it
+        hits = [hit for job, hit in zip(jobs, found) for _ in range(job.request.n)]
         start = min(p + m for p, (_, m) in zip(pad, hits))
         if start == 0:
             return 0
