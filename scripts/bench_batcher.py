@@ -106,7 +106,7 @@ def step_ms(model, ids: torch.Tensor, rows: int, steps: int = 10) -> tuple[float
         start = time.perf_counter()
         next_logits(model, ids, new_cache(model, 1, ids.shape[1] + 1))
         prompt = time.perf_counter() - start
-        prefer_layout(model, rows)
+        prefer_layout(model, rows, packed=True)  # as the batcher does
         cache = new_cache(model, rows, ids.shape[1] + steps + 3)
         next_logits(model, ids.expand(rows, -1), cache)
         last = ids[:, -1:].expand(rows, -1)
@@ -122,7 +122,7 @@ def prompts_ms(model, rows: list[tuple[int, ...]]) -> tuple[float, float]:
     """(ms for the prompts one by one, ms for them as one left-padded batch), each in a new cache,
     as the batcher admits requests that arrive apart or together."""
     with torch.no_grad():
-        prefer_layout(model, len(rows))
+        prefer_layout(model, len(rows), packed=True)
         start = time.perf_counter()
         for ids in rows:
             next_logits(model, torch.tensor([ids]), new_cache(model, 1, len(ids) + 1))

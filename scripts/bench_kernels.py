@@ -4,7 +4,8 @@ decoding step reads them: the sum over all matrices is far larger than the cache
 speed of streaming the weights, not of one matrix sitting in cache. Random weights (speed does
 not depend on their values), one row (batch 1) unless --rows; the best of --repeats passes.
 
-Kernels: float32 and bfloat16 dense (`F.linear`), PyTorch's weight-only int8
+Kernels: float32 and bfloat16 dense (`F.linear`), float32 from oneDNN's blocked copy (what the
+server's batcher decodes 2 rows or more from: llmkit/inference/layout.py), PyTorch's weight-only int8
 (`_weight_int8pack_mm`, bfloat16 input) and int4 (`_weight_int4pack_mm_for_cpu`, groups of 32),
 and fbgemm's dynamic int8 linear (activations quantized as well), for reference.
 
@@ -25,6 +26,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from llmkit.inference.layout import PACKED_FOR
 from llmkit.inference.sampling import draw
 
 BLOCK = [(576, 576), (384, 576), (576, 576), (3072, 576), (576, 1536)]  # (out, in): q, kv, proj, fc, proj
@@ -52,6 +54,10 @@ def kernels(rows: int) -> dict:
         w = torch.randn(out, width)
         return lambda: F.linear(x[width], w)
 
+    def fp32_packed(out, width):
+        w = torch.ops.mkldnn._reorder_linear_weight(torch.randn(out, width), PACKED_FOR)
+        return lambda: torch.ops.mkldnn._linear_pointwise(x[width], w, None, "none", [], "")
+
     def bf16(out, width):
         w = torch.randn(out, width).bfloat16()
         return lambda: F.linear(xb[width], w)
@@ -72,7 +78,7 @@ def kernels(rows: int) -> dict:
         packed = torch.ops.quantized.linear_prepack(q, None)
         return lambda: torch.ops.quantized.linear_dynamic(x[width], packed, True)
 
-    return {"fp32": (fp32, 4.0), "bf16": (bf16, 2.0), "int8": (int8, 1.0), "int4": (int4, 0.625),
+    return {"fp32": (fp32, 4.0), "fp32 oneDNN packed": (fp32_packed, 4.0), "bf16": (bf16, 2.0), "int8": (int8, 1.0), "int4": (int4, 0.625),
             "fbgemm dynamic int8": (dynamic_int8, 1.0)}
 
 

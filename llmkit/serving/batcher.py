@@ -286,6 +286,7 @@ class Batcher:
                     if not (self._waiting or self._running):
                         self._lock.notify_all()  # a drain waits for this
         self._fail([r.job for r in self._running], "the server is shutting down", shutdown=True)
+        prefer_layout(self.model, 1)  # a packed model back to plain weights, for whoever uses it next
 
     def _idle_for(self, seconds: float) -> bool:
         """Whether nothing comes to do for `seconds` (under the lock; a wake-up with nothing to do,
@@ -473,7 +474,7 @@ class Batcher:
     def _layout_for(self, rows: int) -> None:
         """The weights' layout for the largest batch of the last LAYOUT_S seconds: each switch
         copies every matrix (540 MB on SmolLM2 in fp32), and with clients coming and going a batch
-        crossing COLUMNS_UP_TO would switch twice per finished request. (Compiled blocks choose
+        going from one row to two and back would switch twice per finished request. (Compiled blocks choose
         their layout themselves, one per graph: llmkit/inference/compiled.py.)"""
         if compiled(self.model):
             return
@@ -482,7 +483,7 @@ class Batcher:
         recent.append((now, max(1, rows)))
         while recent[0][0] < now - LAYOUT_S:
             recent.popleft()
-        prefer_layout(self.model, max(n for _, n in recent))
+        prefer_layout(self.model, max(n for _, n in recent), packed=True)  # the model is the batcher's alone
 
     def _room(self, joining: list[_Running] = ()) -> int:
         """Columns to leave free in a new batch cache: what the rows still need, grown in chunks."""
