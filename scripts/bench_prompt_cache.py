@@ -86,29 +86,18 @@ def under_load(model: str, dtype: str, levels: list[int], rounds: int) -> None:
     from pathlib import Path
 
     import load_serve
-    import openai
 
+    names = {0: "prompt cache   0 MB", 128: "prompt cache 128 MB"}
     with tempfile.TemporaryDirectory() as tmp:
-        servers = {mb: load_serve.Server(model, ["--name", "m", "--dtype", dtype, "--prompt-cache", str(mb)],
-                                         Path(tmp) / f"serve{mb}.log") for mb in (0, 128)}
+        servers = {names[mb]: load_serve.Server(model, ["--name", "m", "--dtype", dtype, "--prompt-cache", str(mb)],
+                                                Path(tmp) / f"serve{mb}.log") for mb in (0, 128)}
         try:
-            for server in servers.values():
-                load_serve.one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), "m", "Hello",
-                                       True, 4, 0)
-            rates: dict[tuple[int, int], list[tuple[float, float]]] = {}
-            for r in range(rounds):
-                for clients in levels:
-                    for mb in (0, 128) if r % 2 == 0 else (128, 0):
-                        x = load_serve.level(servers[mb], "m", clients, 3, 600, True, load_serve.PROMPTS, 64, f"{r}.")
-                        if x["errors"]:
-                            raise SystemExit(f"errors: {x['first_error']}")
-                        rates.setdefault((clients, mb), []).append((x["tokens_per_s"], x["ttft_p50"]))
-                        print(f"round {r + 1}, {clients} clients, prompt cache {mb:>3} MB: {x['tokens_per_s']:6.1f} tokens/s, "
-                              f"first token p50 {x['ttft_p50']:.2f} s", flush=True)
+            results = load_serve.alternating(servers, levels, rounds, True, load_serve.PROMPTS, 3)
         finally:
             codes = [server.stop() for server in servers.values()]
     print(f"exit codes {codes}")
-    mean = {key: sum(t for t, _ in v) / len(v) for key, v in rates.items()}
+    mean = {(clients, mb): sum(x["tokens_per_s"] for x in results[clients, names[mb]]) / rounds
+            for clients in levels for mb in names}
     for clients in levels:
         print(f"{clients} clients, mean tokens/s: {mean[clients, 0]:.1f} without the cache, {mean[clients, 128]:.1f} with it "
               f"({mean[clients, 128] / mean[clients, 0]:.2f}x)")

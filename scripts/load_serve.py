@@ -48,10 +48,14 @@ CHAR_PROMPTS = ["ROMEO:", "JULIET:\nO", "First Citizen:\nWe", "KING RICHARD:", "
 
 
 class Server:
-    def __init__(self, model: str, options: list[str], log: Path):
-        command = [sys.executable, "-m", "llmkit", "serve", model, "--port", "0", *options]
+    """`llmkit serve MODEL --port 0 OPTIONS`, run here (its data/ and runs/ as this checkout's),
+    with the llmkit code of this checkout or of `code`, another one (scripts/ab_serve.py)."""
+
+    def __init__(self, model: str, options: list[str], log: Path, code: Path | None = None):
+        command = [sys.executable, *(["-P"] if code else []), "-m", "llmkit", "serve", model, "--port", "0", *options]
+        env = {**os.environ, "PYTHONPATH": str(code)} if code else None  # -P: not this directory's llmkit first
         with open(log, "w") as err:
-            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO, env=env)
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("http://"):
@@ -157,6 +161,29 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
             "ttft_p50": pct(ttfts, 0.5), "ttft_p95": pct(ttfts, 0.95),
             "latency_p50": pct(latencies, 0.5), "latency_p95": pct(latencies, 0.95),
             "peak_rss_mb": server.peak_mb}
+
+
+def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat: bool, prompts: list[str],
+                requests: int, max_tokens: int = 64, settle: float = 0.0) -> dict[tuple[int, str], list[dict]]:
+    """Each level of `levels` clients against each server in turn, for `rounds` rounds, the order of
+    the servers reversed every other round, so that each meets the machine in the same states;
+    each round's prompts new ones. `settle` seconds of idle before each level, so that none starts
+    in what the one before left (a batcher holds its weights' layout for 5 s). Prints each level;
+    returns {(clients, server name): [level(), one per round]}."""
+    for server in servers.values():  # warm: the first request of a process pays for its start
+        one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), "m", prompts[0], chat, 4, 0)
+    results: dict[tuple[int, str], list[dict]] = {}
+    for r in range(rounds):
+        for clients in levels:
+            for name in list(servers) if r % 2 == 0 else list(servers)[::-1]:
+                time.sleep(settle)
+                x = level(servers[name], "m", clients, requests, 600, chat, prompts, max_tokens, f"{r}.")
+                if x["errors"]:
+                    raise SystemExit(f"errors: {x['first_error']}")
+                results.setdefault((clients, name), []).append(x)
+                print(f"round {r + 1}, {clients} clients, {name}: {x['tokens_per_s']:6.1f} tokens/s, first token p50 "
+                      f"{x['ttft_p50']:.2f} s, peak RSS {x['peak_rss_mb']:.0f} MB", flush=True)
+    return results
 
 
 def char_model(root: Path) -> str:

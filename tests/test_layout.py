@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmkit.config import ModelConfig
+from llmkit.inference import layout
 from llmkit.inference.decoding import new_cache, next_logits
 from llmkit.inference.layout import PackedLinear, layout_for, packing_available, prefer_layout
 from llmkit.models import build_model
@@ -38,17 +39,23 @@ def decode(model, batch: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.fixture
+def pack_all(monkeypatch):
+    """Pack every matrix of these tiny models (they are all below PACKED_MIN)."""
+    monkeypatch.setattr(layout, "PACKED_MIN", 0)
+
+
 @pytest.mark.parametrize("bias,tie", [(False, True), (True, False)])
-def test_every_layout_decodes_as_the_plain_model_and_packing_gives_the_weights_back(bias, tie):
+def test_every_layout_decodes_as_the_plain_model_and_packing_gives_the_weights_back(bias, tie, pack_all):
     model = tiny(bias, tie)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     parameters = [id(p) for p in model.parameters()]
     plain = decode(model, 5)
-    for batch, packed, layout in [(5, True, "packed"), (1, False, "columns"), (5, True, "packed"), (5, False, "rows")]:
+    for batch, packed, wanted in [(5, True, "packed"), (1, False, "columns"), (5, True, "packed"), (5, False, "rows")]:
         prefer_layout(model, batch, packed)
-        assert model._weights_layout == layout
+        assert model._weights_layout == wanted
         torch.testing.assert_close(decode(model, 5), plain, rtol=1e-5, atol=1e-5)
-        if layout == "packed":
+        if wanted == "packed":
             linears = [m for m in model.modules() if isinstance(m, PackedLinear)]
             assert len(linears) == 2 * 5 + 1  # q, kv, proj, fc, proj in each block, and the head
             for m in linears:  # a matrix no one else holds gives up its plain storage; a tied head keeps it
@@ -71,7 +78,7 @@ def test_the_layout_follows_the_batch_device_dtype_and_caller():
     assert layout_for(tiny(False, True).to(torch.bfloat16), 8, packed=True) == "rows"
 
 
-def test_a_packed_model_is_out_of_the_optimizers_reach_until_unpacked():
+def test_a_packed_model_is_out_of_the_optimizers_reach_until_unpacked(pack_all):
     """Packed matrices are not the model's parameters meanwhile (only inference can use oneDNN's
     copy): a state dict taken then misses them, loudly, instead of saving empty tensors."""
     model = tiny(False, False)
@@ -81,7 +88,7 @@ def test_a_packed_model_is_out_of_the_optimizers_reach_until_unpacked():
     assert model.state_dict()["blocks.0.attn.q.weight"].shape == (32, 32)
 
 
-def test_the_batcher_batches_from_the_packed_copy_and_gives_the_model_back_plain_when_it_stops():
+def test_the_batcher_batches_from_the_packed_copy_and_gives_the_model_back_plain_when_it_stops(pack_all):
     import queue
     import string
 
@@ -105,3 +112,14 @@ def test_the_batcher_batches_from_the_packed_copy_and_gives_the_model_back_plain
     assert model._weights_layout == "columns" and not any(isinstance(m, PackedLinear) for m in model.modules())
     assert model.lm_head.weight is model.embed.wte.weight
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_only_matrices_of_packed_min_weights_or_more_are_packed_the_rest_in_rows(monkeypatch):
+    model = tiny(False, False)
+    sizes = sorted({m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)})
+    monkeypatch.setattr(layout, "PACKED_MIN", sizes[1])  # the smallest size stays plain
+    prefer_layout(model, 1)  # columns first: a small matrix must come back to rows
+    prefer_layout(model, 4, packed=True)
+    plain = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    packed = [m for m in model.modules() if isinstance(m, PackedLinear)]
+    assert plain and packed and all(m.weight.numel() == sizes[0] and m.weight.is_contiguous() for m in plain)

@@ -21,6 +21,9 @@ else asks for it: the server's batcher, which puts the plain layout back when it
     2                    packed                       columns
     3 or more            packed                       rows
 
+("packed": the matrices of PACKED_MIN weights or more; smaller ones lose more to oneDNN's cost per
+call than they gain, and stay in rows.)
+
 Columns and rows change only the storage: the Parameter objects (and a tied head's sharing with
 the embedding) stay, and every result is the same. Packing takes each matrix out of the model
 meanwhile and gives it back exactly; its products add in another order, which moved SmolLM2's
@@ -43,6 +46,10 @@ from llmkit.heap import return_freed_memory
 COLUMNS_UP_TO = 2  # batches this small decode faster from the columns layout (fp32 on a CPU)
 PACKED_FROM = 2  # batches this large decode faster from oneDNN's blocked copy (fp32 on a CPU)
 PACKED_FOR = 8  # the batch oneDNN tunes its blocks for: measured good from 2 to 16 rows
+# Matrices smaller than this stay plain (rows): a call to oneDNN costs some 30 us more than MKL's,
+# more than a small matrix gains. Measured here, one thread: 128x128 ran 0.2-0.3x as fast packed,
+# 384x384 0.6x at one row and 1.2x at 8, 3072x576 0.7x at one row and 1.4x at 8.
+PACKED_MIN = 1 << 18
 
 
 def packing_available() -> bool:
@@ -113,10 +120,10 @@ def _set_layout(model: nn.Module, layout: str) -> None:
             if not isinstance(module, nn.Linear):
                 continue
             weight = module.weight.data
-            if layout == "packed":  # (from a plain model: no layout is packed twice in a row)
+            if layout == "packed" and weight.numel() >= PACKED_MIN:  # (a plain model: none is packed twice)
                 setattr(parent, name, PackedLinear(module, shared=holders[id(module.weight)] > 1))
             elif layout == "columns" and weight.is_contiguous():
                 module.weight.data = weight.t().contiguous().t()
-            elif layout == "rows" and not weight.is_contiguous():
+            elif layout in ("rows", "packed") and not weight.is_contiguous():
                 module.weight.data = weight.contiguous()
     return_freed_memory()
