@@ -37,7 +37,7 @@ from pathlib import Path
 import openai
 
 from llmkit.inference.prompt_cache import DEFAULT_MB
-from llmkit.serving.batcher import IDLE_TRIM_S
+from llmkit.serving.batcher import IDLE_TRIM_S, LAYOUT_S
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["Tell me about the sea.", "What is a good name for a cat?", "Write a short poem about autumn.",
@@ -201,7 +201,7 @@ def measure(model: str, name: str, chat: bool, prompts: list[str], args, root: P
     server = Server(model, options, root / f"{name}.log")
     try:
         one_request(openai.OpenAI(base_url=server.url, api_key="none", max_retries=0), name, prompts[0], chat, 4, 0)
-        settle = IDLE_TRIM_S + 2  # an idle batcher hands freed memory back after IDLE_TRIM_S
+        settle = max(IDLE_TRIM_S, LAYOUT_S) + 2  # an idle batcher hands freed memory back after these
         time.sleep(settle)
         idle_mb = server.rss_mb()
         rows = [level(server, name, c, requests, args.seconds, chat, prompts, args.max_tokens) for c in args.levels]

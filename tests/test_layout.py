@@ -88,13 +88,19 @@ def test_a_packed_model_is_out_of_the_optimizers_reach_until_unpacked(pack_all):
     assert model.state_dict()["blocks.0.attn.q.weight"].shape == (32, 32)
 
 
-def test_the_batcher_batches_from_the_packed_copy_and_gives_the_model_back_plain_when_it_stops(pack_all):
+def test_the_batcher_batches_from_the_packed_copy_goes_back_to_one_rows_layout_when_idle_and_plain_when_it_stops(
+        pack_all, monkeypatch):
     import queue
     import string
+    import time
 
     from llmkit.data.tokenizer import CharTokenizer
     from llmkit.inference.sampling import Sampling
+    from llmkit.serving import batcher as batching
     from llmkit.serving.batcher import Batcher, Done, Request
+
+    monkeypatch.setattr(batching, "LAYOUT_S", 1.0)  # (5 s in a server)
+    monkeypatch.setattr(batching, "IDLE_TRIM_S", 0.2)
 
     model, tokenizer = tiny(True, True), CharTokenizer(string.printable[:50])
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -107,6 +113,13 @@ def test_the_batcher_batches_from_the_packed_copy_and_gives_the_model_back_plain
         while done < 3:
             done += isinstance(events.get(timeout=30), Done)
         assert model._weights_layout == "packed"
+        end = time.monotonic() + 30  # idle for LAYOUT_S: one row's layout, the packed copies freed
+        while model._weights_layout == "packed" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert model._weights_layout == "columns" and not any(isinstance(m, PackedLinear) for m in model.modules())
+        batcher.submit(Request(tuple(tokenizer.encode("again").tolist()), 4, Sampling(0.8), (), 1, 9), events.put)
+        while not isinstance(events.get(timeout=30), Done):
+            pass
     finally:
         batcher.stop()
     assert model._weights_layout == "columns" and not any(isinstance(m, PackedLinear) for m in model.modules())

@@ -266,8 +266,13 @@ class Batcher:
         with torch.no_grad():
             while True:
                 with self._lock:
-                    if self._idle_for(IDLE_TRIM_S):  # what the requests' HTTP side freed goes back too
+                    idle = self._idle_for(IDLE_TRIM_S)
+                    if idle:  # what the requests' HTTP side freed goes back too
                         return_freed_memory()
+                        idle = self._idle_for(LAYOUT_S - IDLE_TRIM_S)
+                if idle:  # no batch for LAYOUT_S: one row's layout, a packed copy's memory freed (unlocked: it takes a while)
+                    self._layout_for(0)
+                with self._lock:
                     while not (self._stopping or self._waiting or self._running):
                         self._lock.wait()
                     if self._stopping:
