@@ -13,8 +13,15 @@ Then the draw that ends each step, over SmolLM2's 49,152-token vocabulary: `torc
 (a random number per token) against llmkit's `draw` (one uniform number per row, inverse
 transform: llmkit/inference/sampling.py), each with its seeded generator.
 
+With --shapes instead: for matrices of several shapes (a char model's, SmolLM2's, GPT-2's), fp32
+from the layout llmkit decodes that many rows from without packing (columns for 1-2 rows, rows
+for more) against oneDNN's packed copy, at 1, 2, 4 and 8 rows: per call, each shape streamed
+from enough copies (up to 64 MB) that it is read from memory, not cache. This is what sets
+PACKED_MIN, the smallest matrix the server's batcher packs.
+
     .venv/bin/python scripts/bench_kernels.py
     .venv/bin/python scripts/bench_kernels.py --rows 8
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/bench_kernels.py --shapes
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from llmkit.inference.layout import PACKED_FOR
+from llmkit.inference.layout import COLUMNS_UP_TO, PACKED_FOR
 from llmkit.inference.sampling import draw
 
 BLOCK = [(576, 576), (384, 576), (576, 576), (3072, 576), (576, 1536)]  # (out, in): q, kv, proj, fc, proj
@@ -82,12 +89,35 @@ def kernels(rows: int) -> dict:
             "fbgemm dynamic int8": (dynamic_int8, 1.0)}
 
 
+def shapes(repeats: int) -> None:
+    """Plain against packed fp32, per matrix shape and rows (module docstring)."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; us per call, plain / packed (speedup)")
+    for out, width in [(128, 128), (384, 128), (384, 384), (384, 576), (576, 576), (768, 768), (1536, 384),
+                       (576, 1536), (2304, 768), (3072, 576)]:
+        copies = max(4, min(64, (64 << 20) // (out * width * 4)))
+        weights = [torch.randn(out, width) for _ in range(copies)]
+        columns = [w.t().contiguous().t() for w in weights]
+        packed = [torch.ops.mkldnn._reorder_linear_weight(w, PACKED_FOR) for w in weights]
+        cells = []
+        for rows in (1, 2, 4, 8):
+            x = torch.randn(rows, 1, width)
+            plain_ms = best_ms([lambda w=w: F.linear(x, w) for w in (columns if rows <= COLUMNS_UP_TO else weights)], repeats)
+            packed_ms = best_ms([lambda w=w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "") for w in packed],
+                                repeats)
+            cells.append(f"{rows} rows {plain_ms / copies * 1e3:6.1f} / {packed_ms / copies * 1e3:6.1f} ({plain_ms / packed_ms:4.2f}x)")
+        print(f"{out:>5} x {width:<5} {out * width:>9,} weights  " + "  ".join(cells))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--shapes", action="store_true", help="plain against packed fp32 per matrix shape, 1-8 rows")
     args = p.parse_args()
     torch.manual_seed(0)
+    if args.shapes:
+        shapes(args.repeats)
+        return
     warnings.filterwarnings("ignore", message=".*quantize_per_channel.*")  # fbgemm's row, kept for reference
     plain = torch.ones(512 << 18)  # 512 MB: a plain read, the bound
     plain.sum()

@@ -13,7 +13,8 @@ With --load, the same comparison under load, through HTTP instead: two `llmkit s
 the model (`--prompt-cache 0` and the default), started together and warmed; then for each of
 --rounds rounds and each level of --load clients, load_serve.py's level (streaming clients, 3
 requests each, 64 tokens at temperature 0.8) against one server and then the other, the order
-alternating by round, so that both meet the machine in the same state. Each round's prompts are
+alternating by round, so that both meet the machine in the same state, each level after 6 s idle
+(a batcher keeps its weights' layout for 5 s: llmkit/inference/layout.py). Each round's prompts are
 new (numbered by round), so that nothing is an exact repeat of an earlier round's.
 
 Each request: greedy, --max-tokens new tokens. Printed per request: prompt tokens, tokens copied
@@ -37,7 +38,7 @@ from load_serve import PROMPTS
 from llmkit.inference.chat import chat_template_of, render, special_tokens
 from llmkit.inference.sampling import Sampling
 from llmkit.loading import load_model
-from llmkit.serving.batcher import Batcher, Done, Failed, Request, Text
+from llmkit.serving.batcher import LAYOUT_S, Batcher, Done, Failed, Request, Text
 
 TURNS = ["Tell me about the moon.", "How far away is it?", "Who walked on it first?", "What did they bring back?"]
 
@@ -92,7 +93,7 @@ def under_load(model: str, dtype: str, levels: list[int], rounds: int) -> None:
         servers = {names[mb]: load_serve.Server(model, ["--name", "m", "--dtype", dtype, "--prompt-cache", str(mb)],
                                                 Path(tmp) / f"serve{mb}.log") for mb in (0, 128)}
         try:
-            results = load_serve.alternating(servers, levels, rounds, True, load_serve.PROMPTS, 3)
+            results = load_serve.alternating(servers, levels, rounds, True, load_serve.PROMPTS, 3, settle=LAYOUT_S + 1)
         finally:
             codes = [server.stop() for server in servers.values()]
     print(f"exit codes {codes}")

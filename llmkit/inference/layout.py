@@ -12,9 +12,9 @@ CPU its arithmetic starts to count as much as the read: MKL's kernel for 8 rows 
 of a core's peak. oneDNN (PyTorch's other CPU library) can hold W in its own *blocked* layout,
 tile by tile in the order its kernel walks them, so that the product streams the weights without
 rearranging them at every call: on SmolLM2's 151 matrices, 8 rows took 61 ms against 87 from
-rows, one thread (scripts/bench_kernels.py --rows 8). That copy is `PackedLinear`. Only inference can use it
-(oneDNN's kernel has no backward pass), so only a caller that decodes with the model and nothing
-else asks for it: the server's batcher, which puts the plain layout back when it stops.
+rows, one thread (scripts/bench_kernels.py --rows 8). That copy is `PackedLinear`. Only inference
+can use it (oneDNN's kernel has no backward pass), so only a caller that decodes with the model
+and nothing else asks for it: the server's batcher, which puts the plain layout back when it stops.
 
     rows in the batch    the batcher (packed=True)    generate, chat, eval
     1                    columns                      columns
@@ -47,8 +47,9 @@ COLUMNS_UP_TO = 2  # batches this small decode faster from the columns layout (f
 PACKED_FROM = 2  # batches this large decode faster from oneDNN's blocked copy (fp32 on a CPU)
 PACKED_FOR = 8  # the batch oneDNN tunes its blocks for: measured good from 2 to 16 rows
 # Matrices smaller than this stay plain (rows): a call to oneDNN costs some 30 us more than MKL's,
-# more than a small matrix gains. Measured here, one thread: 128x128 ran 0.2-0.3x as fast packed,
-# 384x384 0.6x at one row and 1.2x at 8, 3072x576 0.7x at one row and 1.4x at 8.
+# more than a small matrix gains. Measured on 2 cores, one thread (scripts/bench_kernels.py
+# --shapes), packed against plain at 2-8 rows: 128x128 0.17-0.43x as fast, 384x384 0.88-1.31x,
+# 576x576 1.09-1.18x, 3072x576 0.91-1.51x (1.48x at 8).
 PACKED_MIN = 1 << 18
 
 

@@ -270,7 +270,7 @@ class Batcher:
                     if idle:  # what the requests' HTTP side freed goes back too
                         return_freed_memory()
                         idle = self._idle_for(LAYOUT_S - IDLE_TRIM_S)
-                if idle:  # no batch for LAYOUT_S: one row's layout, a packed copy's memory freed (unlocked: it takes a while)
+                if idle:  # no batch for LAYOUT_S: one row's layout (a packed copy freed); unlocked, as it takes a while
                     self._layout_for(0)
                 with self._lock:
                     while not (self._stopping or self._waiting or self._running):
@@ -479,8 +479,8 @@ class Batcher:
     def _layout_for(self, rows: int) -> None:
         """The weights' layout for the largest batch of the last LAYOUT_S seconds: each switch
         copies every matrix (540 MB on SmolLM2 in fp32), and with clients coming and going a batch
-        going from one row to two and back would switch twice per finished request. (Compiled blocks choose
-        their layout themselves, one per graph: llmkit/inference/compiled.py.)"""
+        going from one row to two and back would switch twice per finished request. (Compiled
+        blocks choose their layout themselves, one per graph: llmkit/inference/compiled.py.)"""
         if compiled(self.model):
             return
         now = time.monotonic()
