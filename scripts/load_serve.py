@@ -165,9 +165,9 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
 
 def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat: bool, prompts: list[str],
                 requests: int, max_tokens: int = 64, settle: float = 0.0) -> dict[tuple[int, str], list[dict]]:
-    """Each level of `levels` clients against each server in turn, for `rounds` rounds, the order of
-    the servers reversed every other round, so that each meets the machine in the same states;
-    each round's prompts new ones. `settle` seconds of idle before each level, so that none starts
+    """Each level of `levels` clients against each server (each serving its model as `m`: --name m)
+    in turn, for `rounds` rounds, the order of the servers reversed every other round, so that each
+    meets the machine in the same states; each round's prompts new ones. `settle` seconds of idle before each level, so that none starts
     in what the one before left (a batcher holds its weights' layout for 5 s). Prints each level;
     returns {(clients, server name): [level(), one per round]}."""
     for server in servers.values():  # warm: the first request of a process pays for its start

@@ -69,9 +69,12 @@ def test_every_layout_decodes_as_the_plain_model_and_packing_gives_the_weights_b
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_the_layout_follows_the_batch_device_dtype_and_caller():
+def test_the_layout_follows_the_batch_device_dtype_and_caller(monkeypatch):
     model = tiny(False, True)
     assert [layout_for(model, b) for b in (1, 2, 3, 8)] == ["columns", "columns", "rows", "rows"]
+    # a model with no matrix worth packing decodes as any caller's would
+    assert [layout_for(model, b, packed=True) for b in (1, 2, 3, 8)] == ["columns", "columns", "rows", "rows"]
+    monkeypatch.setattr(layout, "PACKED_MIN", 0)
     assert [layout_for(model, b, packed=True) for b in (1, 2, 3, 8)] == ["columns", "packed", "packed", "packed"]
     model.compiled_decoding = True  # compiled graphs are traced for one layout each, never packed
     assert [layout_for(model, b, packed=True) for b in (1, 2, 8)] == ["columns", "rows", "rows"]

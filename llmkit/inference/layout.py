@@ -22,7 +22,7 @@ and nothing else asks for it: the server's batcher, which puts the plain layout 
     3 or more            packed                       rows
 
 ("packed": the matrices of PACKED_MIN weights or more; smaller ones lose more to oneDNN's cost per
-call than they gain, and stay in rows.)
+call than they gain, and stay in rows. A model with none, such as a char model, is not packed.)
 
 Columns and rows change only the storage: the Parameter objects (and a tied head's sharing with
 the embedding) stay, and every result is the same. Packing takes each matrix out of the model
@@ -91,9 +91,15 @@ def layout_for(model: nn.Module, batch: int, packed: bool = False) -> str:
         return "rows"
     if getattr(model, "compiled_decoding", False):
         return "columns" if batch == 1 else "rows"
-    if packed and batch >= PACKED_FROM and packing_available():
+    if packed and batch >= PACKED_FROM and packing_available() and _packs(model):
         return "packed"
     return "columns" if batch <= COLUMNS_UP_TO else "rows"
+
+
+def _packs(model: nn.Module) -> bool:
+    """Whether `model` has a matrix worth packing (a char model's are all too small)."""
+    return any(isinstance(m, PackedLinear) or isinstance(m, nn.Linear) and m.weight.numel() >= PACKED_MIN
+               for m in model.modules())
 
 
 def prefer_layout(model: nn.Module, batch: int, packed: bool = False) -> None:
