@@ -52,10 +52,12 @@ class Server:
     with the llmkit code of this checkout or of `code`, another one (scripts/ab_serve.py)."""
 
     def __init__(self, model: str, options: list[str], log: Path, code: Path | None = None):
-        command = [sys.executable, *(["-P"] if code else []), "-m", "llmkit", "serve", model, "--port", "0", *options]
-        env = {**os.environ, "PYTHONPATH": str(code)} if code else None  # -P: not this directory's llmkit first
+        # `code`'s llmkit ahead of this directory's (which `python -m` would put first)
+        run = ["-c", f"import runpy, sys; sys.path.insert(0, {str(code)!r}); runpy.run_module('llmkit', "
+                     "run_name='__main__', alter_sys=True)"] if code else ["-m", "llmkit"]
+        command = [sys.executable, *run, "serve", model, "--port", "0", *options]
         with open(log, "w") as err:
-            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO, env=env)
+            self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
         ready, _, _ = select.select([self.proc.stdout], [], [], 300)
         line = self.proc.stdout.readline() if ready else ""
         if not line.startswith("http://"):
