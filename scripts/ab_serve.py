@@ -37,9 +37,7 @@ def main() -> None:
     if not 1 <= args.rounds <= 10 or min(levels) < 1 or max(levels) > 64 or not 0 <= args.settle <= 60:
         raise SystemExit("--rounds 1..10, levels 1..64 clients, --settle 0..60 s")
     with tempfile.TemporaryDirectory() as tmp:
-        model, chat, prompts, requests = args.model, True, load_serve.PROMPTS, 3
-        if model == "char":  # it answers in milliseconds: ten times the requests, as load_serve.py does
-            model, chat, prompts, requests = load_serve.char_model(Path(tmp)), False, load_serve.CHAR_PROMPTS, 30
+        model, chat, prompts, requests = load_serve.workload(args.model, Path(tmp), 3)
         options = ["--name", "m", "--dtype", args.dtype]
         servers = {"base": load_serve.Server(model, options, Path(tmp) / "base.log", code=args.base.resolve()),
                    "this": load_serve.Server(model, options, Path(tmp) / "this.log")}

@@ -188,6 +188,16 @@ def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat
     return results
 
 
+def workload(model: str, root: Path, requests: int) -> tuple[str, bool, list[str], int]:
+    """(what to serve, chat requests or not, prompts, requests per client) for `model`: "char"
+    trains a char model under `root`, which answers in milliseconds, so it gets ten times the
+    requests, for a level that lasts long enough to time; SmolLM2 is asked through its chat
+    template; any other model continues plain prompts."""
+    if model == "char":
+        return char_model(root), False, CHAR_PROMPTS, 10 * requests
+    return model, model == "smollm2", PROMPTS, requests
+
+
 def char_model(root: Path) -> str:
     run = root / "char_run"
     command = [sys.executable, "-m", "llmkit", "train", str(REPO / "recipes" / "shakespeare_char.yaml"),
@@ -241,13 +251,9 @@ def main() -> None:
         models = args.model or ["smollm2", "char"]
         reports = []
         for model in models:
-            if model == "char":
-                # it answers in milliseconds: ten times the requests, so that a level lasts long enough to time
-                reports.append(measure(char_model(root), "shakespeare_char", False, CHAR_PROMPTS, args, root,
-                                       10 * args.requests))
-            else:
-                name = Path(model).name.removesuffix(".gguf")
-                reports.append(measure(model, name, model == "smollm2", PROMPTS, args, root, args.requests))
+            name = "shakespeare_char" if model == "char" else Path(model).name.removesuffix(".gguf")
+            served, chat, prompts, requests = workload(model, root, args.requests)
+            reports.append(measure(served, name, chat, prompts, args, root, requests))
             print(json.dumps(reports[-1]), file=sys.stderr, flush=True)  # kept if a later model fails
     report = {"command": shlex.join(sys.orig_argv), "cpu": _cpu(), "torch_threads": os.cpu_count(), "models": reports}
     if args.json:
