@@ -98,14 +98,15 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, K, S, D): every position so far
             key_mask = cache.key_mask
-        y = self._attend(q, k, v, key_mask, None if cache is None else cache.first)  # (B, H, T, D)
+        y = self._attend(q, k, v, key_mask, cache)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.proj_dropout(self.proj(y))
 
-    def _attend(self, q, k, v, key_mask, first=None):
-        """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D); `first`: the column of the first
-        query (attention_mask). With GQA (K < H) each key/value head serves H / K query heads: the
-        fused kernel reads them in place (enable_gqa), the written-out path repeats them."""
+    def _attend(self, q, k, v, key_mask, cache=None):
+        """q (B, H, T, D), k and v (B, K, S, D) -> (B, H, T, D); a `cache` says where the first
+        query is (attention_mask) and shares the mask between layers. With GQA (K < H) each
+        key/value head serves H / K query heads: the fused kernel reads them in place
+        (enable_gqa), the written-out path repeats them."""
         T, S = q.shape[2], k.shape[2]
         dropout = self.dropout if self.training else 0.0
         if not self.explicit:
@@ -115,16 +116,21 @@ class Attention(nn.Module):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, **gqa)
             if key_mask is None and self.causal and T == 1:  # one new query after a cache sees every key
                 return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, **gqa)
-            mask = attention_mask(T, S, self.causal, key_mask, q.device, first)
+            mask = self._mask(T, S, key_mask, q.device, cache)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, **gqa)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         # The same computation written out, keeping the weights for plots.
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
-        mask = attention_mask(T, S, self.causal, key_mask, q.device, first)
+        mask = self._mask(T, S, key_mask, q.device, cache)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.softmax(scores.float(), dim=-1).type_as(q)
         self.weights = weights.detach()
         return F.dropout(weights, dropout, self.training) @ v
+
+    def _mask(self, T: int, S: int, key_mask, device, cache) -> torch.Tensor | None:
+        if cache is None:
+            return attention_mask(T, S, self.causal, key_mask, device)
+        return cache.mask((T, S, self.causal), lambda: attention_mask(T, S, self.causal, key_mask, device, cache.first))
