@@ -215,6 +215,18 @@ def test_concurrent_streams_each_get_what_they_get_alone(server, local):
     assert server.idle()
 
 
+def test_a_fast_models_stream_comes_in_few_chunks_with_the_same_text(server):
+    """The tiny model makes a token in about a millisecond, far less than --stream-interval's
+    default 20 ms: its stream sends what came meanwhile as one chunk, not a chunk per token, and
+    the chunks make the text a reply without streaming gets."""
+    client = server.client()
+    body = dict(model=NAME, prompt=PROMPT, max_tokens=64, temperature=0)
+    whole = client.completions.create(**body)
+    pieces = [c.choices[0].text for c in client.completions.create(**body, stream=True) if c.choices and c.choices[0].text]
+    assert "".join(pieces) == whole.choices[0].text and whole.usage.completion_tokens == 64
+    assert 2 <= len(pieces) < 32  # the first token alone (time to first token), then a few chunks
+
+
 def test_a_compiled_server_serves_concurrent_streams_as_generate_does(model_dir, local, tmp_path):
     """`serve --compile` compiles before it listens, then batches as the eager server does: each
     of four concurrent streams gets the text llmkit.generate (eager, in this process) gives alone."""
@@ -527,12 +539,12 @@ def test_events_from_the_batcher_thread_arrive_in_order_in_few_wake_ups():
         mailbox, queues = Mailbox(loop), [asyncio.Queue(), asyncio.Queue()]
         wake_ups = []
         original = mailbox._hand_over
-        mailbox._hand_over = lambda: (wake_ups.append(1), original())
+        mailbox._hand_over = lambda timer: (wake_ups.append(timer), original(timer))
         posting = threading.Thread(target=lambda: [mailbox.post(queues[i % 2], i) for i in range(200)])
         posting.start()
         posting.join()  # the loop is not running meanwhile: every post waits for one hand-over
         got = [[await q.get() for _ in range(100)] for q in queues]
-        assert got == [list(range(0, 200, 2)), list(range(1, 200, 2))] and len(wake_ups) == 1
+        assert got == [list(range(0, 200, 2)), list(range(1, 200, 2))] and wake_ups == [False]
         return mailbox
 
     loop = asyncio.new_event_loop()
@@ -542,3 +554,44 @@ def test_events_from_the_batcher_thread_arrive_in_order_in_few_wake_ups():
         mailbox.post(asyncio.Queue(), 0)
     with pytest.raises(RuntimeError):
         mailbox.post(asyncio.Queue(), 1)
+
+
+def test_text_waits_for_the_stream_interval_and_what_ends_goes_at_once():
+    """With an interval, text posted soon after a hand-over waits for the interval's end and comes
+    in one hand-over; a first text or an end goes at once, taking what waits with it; text after a
+    quiet interval goes at once."""
+    import asyncio
+
+    from llmkit.serving.app import Mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        mailbox, queue = Mailbox(loop, interval=0.3), asyncio.Queue()
+        wake_ups = []  # True: a hand-over after a wait, False: at once
+        original = mailbox._hand_over
+        mailbox._hand_over = lambda timer: (wake_ups.append(timer), original(timer))
+
+        def post(*items):  # (item, urgent), from another thread as the batcher posts
+            poster = threading.Thread(target=lambda: [mailbox.post(queue, item, urgent) for item, urgent in items])
+            poster.start()
+            poster.join()
+
+        async def got(n):
+            return [await asyncio.wait_for(queue.get(), 30) for _ in range(n)]
+
+        post(("first", True))
+        start = time.monotonic()
+        assert await got(1) == ["first"]
+        post(("a", False), ("b", False))
+        await asyncio.sleep(0.1)
+        assert queue.empty()
+        assert await got(2) == ["a", "b"] and time.monotonic() - start >= 0.29 and wake_ups == [False, True]
+        post(("c", False), ("end", True))
+        assert await got(2) == ["c", "end"] and wake_ups[:3] == [False, True, False]
+        await asyncio.sleep(0.5)  # the wait "c" started runs out, with nothing left to bring
+        post(("d", False))
+        assert await got(1) == ["d"] and wake_ups[-1] is False and len(wake_ups) == 5
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+    loop.close()

@@ -10,8 +10,6 @@ import typer
 from llmkit.cli.options import Checkpoint, Compile, Dtype, Model, RunDevice
 from llmkit.inference.prompt_cache import DEFAULT_MB
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 def serve(
     model: Model,
@@ -29,6 +27,8 @@ def serve(
     max_body: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1 << 20,
     shutdown_timeout: Annotated[float, typer.Option(
         min=0, max=3600, help="On SIGTERM or Ctrl-C, seconds running requests get to finish.")] = 10.0,
+    stream_interval: Annotated[int, typer.Option(min=0, max=1000, help="A stream sends its text at most this "
+                               "often, in ms: one chunk per token costs more than a fast model's token (0: each).")] = 20,
     threads: Annotated[Optional[int], typer.Option(min=1, max=4096, help="CPU threads for the model's math "
                        "(default: all cores but one, which the HTTP side keeps).", show_default=False)] = None,
     prompt_cache: Annotated[int, typer.Option(min=0, max=1 << 20, help="MB of recent prompts' keys and values "
@@ -51,8 +51,8 @@ def serve(
     from llmkit.serving.app import Limits, Server, model_threads, name_and_key, run
     from llmkit.serving.batcher import Batcher
 
-    limits = Limits(max_prompt_tokens, max_tokens, max_body, shutdown_timeout)
-    served, api_key = name_and_key(name, model, api_key)
+    limits = Limits(max_prompt_tokens, max_tokens, max_body, shutdown_timeout, stream_interval / 1000)
+    served, api_key = name_and_key(name, model, api_key, host)
     model_threads(threads)
     loaded = load_model(model, checkpoint, resolve_device(device), dtype=dtype, compile=compile_step)
     loaded.require("continues", model)  # a seq2seq run translates numbers: no text API for it
@@ -61,8 +61,6 @@ def serve(
     batcher = Batcher(loaded.model, loaded.tokenizer, max_batch, max_queue, prompt_cache)
 
     def announce(url: str) -> None:
-        if host not in LOOPBACK and api_key is None:
-            say(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
         say(f"serving '{served}' at {url} (max batch {max_batch}); Ctrl-C stops")
         print(url, flush=True)
 

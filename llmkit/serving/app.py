@@ -26,6 +26,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from llmkit.console import say
 from llmkit.errors import LlmkitError
 from llmkit.serving.batcher import Batcher, Closed, Done, Failed, Finished, QueueFull, Request, Text
 from llmkit.serving.protocol import FINISH, ChatBody, CompletionBody, Reply, error, usage
@@ -47,23 +49,30 @@ class Limits:
     max_tokens: int = 1024  # per choice; also the default when a request gives none (or the room left)
     max_body: int = 1 << 20  # bytes
     shutdown_s: float = 10.0  # on SIGTERM / Ctrl-C, running requests get this long to finish
+    stream_interval_s: float = 0.02  # a stream's text goes out at most this often (Mailbox)
 
     def __post_init__(self) -> None:
         if not (1 <= self.max_prompt_tokens < 2**31 and 1 <= self.max_tokens < 2**31 and 1 <= self.max_body <= 1 << 30
-                and 0 <= self.shutdown_s <= 3600):
+                and 0 <= self.shutdown_s <= 3600 and 0 <= self.stream_interval_s <= 1):
             raise LlmkitError("--max-prompt-tokens and --max-tokens must be at least 1, --max-body 1 byte to "
-                              "1 GiB, --shutdown-timeout 0 to 3600 seconds")
+                              "1 GiB, --shutdown-timeout 0 to 3600 seconds, --stream-interval 0 to 1000 ms")
 
 
-def name_and_key(name: str | None, model: str, api_key: str | None) -> tuple[str, str | None]:
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def name_and_key(name: str | None, model: str, api_key: str | None, host: str) -> tuple[str, str | None]:
     """The model's name in the API (default: MODEL's last path part) and the API key (default:
-    $LLMKIT_API_KEY), checked before the model is loaded."""
+    $LLMKIT_API_KEY), checked before the model is loaded; a warning when `host` lets other
+    machines in and no key is asked."""
     api_key = api_key if api_key is not None else os.environ.get("LLMKIT_API_KEY") or None
     if api_key is not None and (not api_key.isprintable() or " " in api_key or len(api_key) > 1000):
         raise LlmkitError("--api-key must be printable, without spaces, at most 1000 characters")
     served = name if name is not None else os.path.basename(os.path.normpath(str(model))).removesuffix(".gguf")
     if not served or len(served) > 200 or not served.isprintable():
         raise LlmkitError("--name must be 1 to 200 printable characters")
+    if host not in LOOPBACK and api_key is None:
+        say(f"warning: listening on {host} without --api-key: anyone who can reach it can use the model")
     return served, api_key
 
 
@@ -93,26 +102,46 @@ class ApiError(Exception):
 
 
 class Mailbox:
-    """Events from the batcher's thread to the event loop, handed over in batches: a step of 16
-    rows makes 16 events, and each hand-over wakes the loop (a write to its self-pipe, a read, a
-    pass of the loop), so the events that arrive before the loop takes the first go with it."""
+    """Events from the batcher's thread to the event loop, handed over in batches. Each hand-over
+    wakes the loop (a write to its self-pipe, a read, a pass of the loop), and the text it brings
+    becomes one chunk per stream, which its client parses too. For a fast model that costs more
+    than the token itself, so text waits until `interval` seconds have passed since the last
+    hand-over, and each stream then sends what came meanwhile as one chunk (a char model on 2
+    cores: about 20 tokens per chunk at 20 ms). What a client should not wait for goes at once,
+    with everything that waits: a request's first text (time to first token) and every end. A
+    model slower than `interval` per step is not held back at all."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self._items, self._lock = loop, [], threading.Lock()
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0):
+        self.loop, self.interval = loop, interval
+        self._items, self._lock = [], threading.Lock()
+        self._soon = self._timer = False  # a hand-over is scheduled at once / after a wait
+        self._last = float("-inf")  # when the last hand-over that brought something ran
 
-    def post(self, queue: asyncio.Queue, item) -> None:
-        """Put `item` on `queue` from another thread (raises RuntimeError once the loop is closed)."""
+    def post(self, queue: asyncio.Queue, item, urgent: bool = True) -> None:
+        """Put `item` on `queue` from another thread: now if `urgent` or the interval has passed,
+        else once it has (raises RuntimeError once the loop is closed)."""
         with self._lock:
             self._items.append((queue, item))
-            due = len(self._items) == 1  # else a hand-over is due already and will take this one too
-        if due:
-            self.loop.call_soon_threadsafe(self._hand_over)
+            wait = 0.0 if urgent else self._last + self.interval - time.monotonic()
+            soon = not self._soon and wait <= 0
+            timer = not (self._soon or self._timer or soon)
+            self._soon, self._timer = self._soon or soon, self._timer or timer
+        if soon:
+            self.loop.call_soon_threadsafe(self._hand_over, False)
+        elif timer:
+            self.loop.call_soon_threadsafe(self.loop.call_later, wait, self._hand_over, True)
         elif self.loop.is_closed():
             raise RuntimeError("the event loop is closed")
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, timer: bool) -> None:
         with self._lock:
             items, self._items = self._items, []
+            if timer:
+                self._timer = False
+            else:
+                self._soon = False
+            if items:
+                self._last = time.monotonic()
         for queue, item in items:
             queue.put_nowait(item)
 
@@ -140,8 +169,12 @@ class Jobs:
             raise ApiError(400, e.message) from None
 
     def _sender(self, mailbox: Mailbox, index: int) -> Callable:
+        first = True
+
         def send(event) -> None:  # on the batcher's thread
-            mailbox.post(self.queue, (index, event))
+            nonlocal first
+            mailbox.post(self.queue, (index, event), urgent=first or not isinstance(event, Text))
+            first = False
         return send
 
     async def events(self, gone: Callable | None = None) -> AsyncIterator[Text | Finished]:
@@ -208,7 +241,7 @@ class Server:
         """The running event loop's mailbox (one loop serves, but tests start several)."""
         loop = asyncio.get_running_loop()
         if self._mailbox is None or self._mailbox.loop is not loop:
-            self._mailbox = Mailbox(loop)
+            self._mailbox = Mailbox(loop, self.limits.stream_interval_s)
         return self._mailbox
 
     def check_key(self, authorization: str | None) -> None:
