@@ -2,8 +2,10 @@
 in turn, against one server process on a loopback port (started and stopped here).
 
 Per level: requests/s, aggregate generated tokens/s (completion tokens from the streams' usage
-over the level's wall time), time to first token and latency p50/p95, errors, and the server's
-peak RSS (sampled from /proc every 20 ms); then the ratio of each level's tokens/s to one
+over the level's wall time), time to first token and latency p50/p95, errors, the server's
+peak RSS (sampled from /proc every 20 ms), the cores the server used and its CPU time per
+generated token, and the CPU time per token of the load's own clients (which parse every chunk,
+on the same machine); then the ratio of each level's tokens/s to one
 client's, measured in the same run (the issue's goal: 8 clients >= 3x one). Bounded: at most
 --requests per client and --seconds per level; a level past its time stops taking new requests.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import select
 import shlex
 import signal
@@ -66,6 +69,11 @@ class Server:
         self.url = line.strip()
         self.peak_mb, self._sampling = 0.0, True
         threading.Thread(target=self._sample, daemon=True).start()
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server process has used so far (user and system, all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -133,6 +141,7 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
     results: list[dict] = []
     lock = threading.Lock()
     server.peak_mb = server.rss_mb()
+    cpu = server.cpu_s(), _own_cpu_s()
     start = time.perf_counter()
 
     def worker(i: int) -> None:
@@ -149,7 +158,9 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    server_cpu, client_cpu = server.cpu_s() - cpu[0], _own_cpu_s() - cpu[1]
     ok = [r for r in results if r["error"] is None]
+    tokens = sum(r["tokens"] for r in ok)
     ttfts = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
     latencies = sorted(r["latency"] for r in ok)
 
@@ -158,11 +169,13 @@ def level(server: Server, model: str, clients: int, requests: int, seconds: floa
 
     return {"clients": clients, "requests": len(results), "errors": len(results) - len(ok),
             "first_error": next((r["error"] for r in results if r["error"]), None), "seconds": wall,
-            "requests_per_s": len(ok) / wall, "tokens": sum(r["tokens"] for r in ok),
-            "tokens_per_s": sum(r["tokens"] for r in ok) / wall,
+            "requests_per_s": len(ok) / wall, "tokens": tokens,
+            "tokens_per_s": tokens / wall,
             "ttft_p50": pct(ttfts, 0.5), "ttft_p95": pct(ttfts, 0.95),
             "latency_p50": pct(latencies, 0.5), "latency_p95": pct(latencies, 0.95),
-            "peak_rss_mb": server.peak_mb}
+            "peak_rss_mb": server.peak_mb, "server_cores": server_cpu / wall,
+            # CPU per generated token: the server's, and the load's own (its clients parse every chunk)
+            "server_cpu_ms_per_token": 1000 * server_cpu / max(1, tokens), "client_cpu_ms_per_token": 1000 * client_cpu / max(1, tokens)}
 
 
 def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat: bool, prompts: list[str],
@@ -184,7 +197,8 @@ def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat
                     raise SystemExit(f"errors: {x['first_error']}")
                 results.setdefault((clients, name), []).append(x)
                 print(f"round {r + 1}, {clients} clients, {name}: {x['tokens_per_s']:6.1f} tokens/s, first token p50 "
-                      f"{x['ttft_p50']:.2f} s, peak RSS {x['peak_rss_mb']:.0f} MB", flush=True)
+                      f"{x['ttft_p50']:.2f} s, peak RSS {x['peak_rss_mb']:.0f} MB, CPU ms per token: server "
+                      f"{x['server_cpu_ms_per_token']:.2f}, clients {x['client_cpu_ms_per_token']:.2f}", flush=True)
     return results
 
 
@@ -263,15 +277,23 @@ def main() -> None:
         print(f"\n{r['model']}: idle RSS {r['idle_rss_mb']:.0f} MB, after the levels {r['rss_after_mb']:.0f} MB "
               f"(of which the prompt cache holds {r['prompt_cache_mb']} MB; it gave {r['prompt_tokens_reused']} prompt "
               f"tokens), exit code {r['exit_code']}")
-        print("clients  requests  errors  req/s   tok/s  x one  ttft p50/p95 s   latency p50/p95 s  peak RSS MB")
+        print("clients  requests  errors  req/s   tok/s  x one  ttft p50/p95 s   latency p50/p95 s  peak RSS MB"
+              "  server cores, CPU ms/token  clients' CPU ms/token")
         for x in r["levels"]:
             def s(key):
                 return "-" if x[key] is None else f"{x[key]:.2f}"
             print(f"{x['clients']:>7}  {x['requests']:>8}  {x['errors']:>6}  {x['requests_per_s']:5.2f}  "
                   f"{x['tokens_per_s']:6.1f}  {x['vs_one_client'] or 0:5.2f}  {s('ttft_p50')} / {s('ttft_p95')}"
-                  f"      {s('latency_p50')} / {s('latency_p95')}        {x['peak_rss_mb']:.0f}")
+                  f"      {s('latency_p50')} / {s('latency_p95')}        {x['peak_rss_mb']:.0f}        "
+                  f"{x['server_cores']:.2f}, {x['server_cpu_ms_per_token']:.2f}            {x['client_cpu_ms_per_token']:.2f}")
             if x["first_error"]:
                 print(f"         first error: {x['first_error']}")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds this process (the load's clients) has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu() -> str:
