@@ -106,10 +106,10 @@ class Mailbox:
     wakes the loop (a write to its self-pipe, a read, a pass of the loop), and the text it brings
     becomes one chunk per stream, which its client parses too. For a fast model that costs more
     than the token itself, so text waits until `interval` seconds have passed since the last
-    hand-over, and each stream then sends what came meanwhile as one chunk (a char model on 2
-    cores: about 20 tokens per chunk at 20 ms). What a client should not wait for goes at once,
-    with everything that waits: a request's first text (time to first token) and every end. A
-    model slower than `interval` per step is not held back at all."""
+    hand-over, and each stream then sends what came meanwhile as one chunk (a char model serving
+    one client 700 tokens/s: some 14 tokens a chunk at 20 ms). What a client should not wait for
+    goes at once, with everything that waits: a request's first text (time to first token) and
+    every end. A model slower than `interval` per step is not held back at all."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, interval: float = 0.0):
         self.loop, self.interval = loop, interval
