@@ -224,7 +224,7 @@ def test_a_fast_models_stream_comes_in_few_chunks_with_the_same_text(server):
     whole = client.completions.create(**body)
     pieces = [c.choices[0].text for c in client.completions.create(**body, stream=True) if c.choices and c.choices[0].text]
     assert "".join(pieces) == whole.choices[0].text and whole.usage.completion_tokens == 64
-    assert 2 <= len(pieces) < 32  # the first token alone (time to first token), then a few chunks
+    assert len(pieces) < 32  # a few chunks (the first text goes at once: the Mailbox test below)
 
 
 def test_a_compiled_server_serves_concurrent_streams_as_generate_does(model_dir, local, tmp_path):
