@@ -74,6 +74,32 @@ def test_a_left_padded_prompt_continues_as_it_would_alone():
     assert torch.equal(together[:, 1], alone[:, 0])
 
 
+def test_a_padded_pass_builds_its_attention_mask_once_and_drops_it_after(monkeypatch):
+    """Every layer of a pass masks alike: the first builds the mask, the others take it, and the
+    cache keeps none once the pass is over (a long prompt's mask is (B, 1, T, S)). The logits are
+    those of each layer building its own."""
+    from llmkit.layers import attention
+
+    model = model_with(positions="rope", n_kv_head=2)
+    ids, pad = torch.randint(61, (2, 9)), torch.tensor([0, 4])
+    built = []
+    real = attention.attention_mask
+    monkeypatch.setattr(attention, "attention_mask", lambda *a, **k: built.append(1) or real(*a, **k))
+
+    def logits(cache):
+        with torch.no_grad():
+            first = model.logits(model.hidden(ids, cache=cache)[:, -1])
+            return first, model.logits(model.hidden(ids[:, -1:], cache=cache)[:, -1])
+
+    cache = KVCache.for_model(model, 2, 20, pad)
+    shared = logits(cache)
+    assert len(built) == 2 and cache.now.masks == {}  # one per pass (prompt, step), not one per layer
+    monkeypatch.setattr(type(cache.layers[0]), "mask", lambda self, key, make: make())
+    each = logits(KVCache.for_model(model, 2, 20, pad))
+    assert len(built) == 2 + 2 * model.config.n_layer
+    assert all(torch.equal(a, b) for a, b in zip(shared, each))
+
+
 def test_generation_past_the_context_slides_or_stops():
     model = model_with()
     ids = torch.randint(61, (1, 10))

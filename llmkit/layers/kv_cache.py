@@ -72,7 +72,7 @@ class LayerCache:
     def mask(self, key: tuple, make: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """The attention mask `make` builds, built by the first layer of the pass and shared by
         the others (every layer's is the same: with padding, eight rows of a 2-layer char model
-        spent a tenth of a step building it again in each layer)."""
+        spent some 7% of a step building it again in the second layer)."""
         masks = self.now.masks
         if key not in masks:
             masks[key] = make()
@@ -172,8 +172,10 @@ class KVCache:
         self.length = columns
 
     def end(self, new: int) -> None:
-        """Called by the model after the forward pass: the new columns are now cached."""
+        """Called by the model after the forward pass: the new columns are now cached (and the
+        pass's mask is dropped: a long prompt's is (B, 1, T, S), and the cache outlives it)."""
         self.length += new
+        self.now.masks = {}
 
     def padding(self) -> torch.Tensor:
         """(B,) padding columns per row (zeros when there is none)."""
