@@ -98,8 +98,11 @@ def layout_for(model: nn.Module, batch: int, packed: bool = False) -> str:
 
 def _packs(model: nn.Module) -> bool:
     """Whether `model` has a matrix worth packing (a char model's are all too small)."""
-    return any(isinstance(m, PackedLinear) or isinstance(m, nn.Linear) and m.weight.numel() >= PACKED_MIN
-               for m in model.modules())
+    return any(isinstance(m, PackedLinear) or isinstance(m, nn.Linear) and _worth_packing(m) for m in model.modules())
+
+
+def _worth_packing(linear: nn.Linear) -> bool:
+    return linear.weight.numel() >= PACKED_MIN
 
 
 def prefer_layout(model: nn.Module, batch: int, packed: bool = False) -> None:
@@ -127,7 +130,7 @@ def _set_layout(model: nn.Module, layout: str) -> None:
             if not isinstance(module, nn.Linear):
                 continue
             weight = module.weight.data
-            if layout == "packed" and weight.numel() >= PACKED_MIN:  # (a plain model: none is packed twice)
+            if layout == "packed" and _worth_packing(module):  # (a plain model: none is packed twice)
                 setattr(parent, name, PackedLinear(module, shared=holders[id(module.weight)] > 1))
             elif layout == "columns" and weight.is_contiguous():
                 module.weight.data = weight.t().contiguous().t()

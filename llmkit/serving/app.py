@@ -123,12 +123,15 @@ class Mailbox:
         with self._lock:
             self._items.append((queue, item))
             wait = 0.0 if urgent else self._last + self.interval - time.monotonic()
-            soon = not self._soon and wait <= 0
-            timer = not (self._soon or self._timer or soon)
-            self._soon, self._timer = self._soon or soon, self._timer or timer
-        if soon:
+            if self._soon or (wait > 0 and self._timer):
+                schedule = None  # a hand-over due by then will take this too
+            elif wait <= 0:
+                schedule, self._soon = "soon", True
+            else:
+                schedule, self._timer = "timer", True
+        if schedule == "soon":
             self.loop.call_soon_threadsafe(self._hand_over, False)
-        elif timer:
+        elif schedule == "timer":
             self.loop.call_soon_threadsafe(self.loop.call_later, wait, self._hand_over, True)
         elif self.loop.is_closed():
             raise RuntimeError("the event loop is closed")
