@@ -46,7 +46,7 @@ def main() -> None:
         finally:
             codes = {name: server.stop() for name, server in servers.items()}
     print(f"exit codes {codes}")
-    mean = {key: sum(x["tokens_per_s"] for x in runs) / len(runs) for key, runs in results.items()}
+    mean = load_serve.mean_tokens_per_s(results)
     top = max(levels)
     for name in servers:
         rates = "; ".join(f"{c} clients {mean[c, name]:.1f}" for c in levels)

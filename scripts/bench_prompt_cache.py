@@ -97,8 +97,8 @@ def under_load(model: str, dtype: str, levels: list[int], rounds: int) -> None:
         finally:
             codes = [server.stop() for server in servers.values()]
     print(f"exit codes {codes}")
-    mean = {(clients, mb): sum(x["tokens_per_s"] for x in results[clients, names[mb]]) / rounds
-            for clients in levels for mb in names}
+    by_name = load_serve.mean_tokens_per_s(results)
+    mean = {(clients, mb): by_name[clients, names[mb]] for clients in levels for mb in names}
     for clients in levels:
         print(f"{clients} clients, mean tokens/s: {mean[clients, 0]:.1f} without the cache, {mean[clients, 128]:.1f} with it "
               f"({mean[clients, 128] / mean[clients, 0]:.2f}x)")

@@ -202,6 +202,11 @@ def alternating(servers: dict[str, Server], levels: list[int], rounds: int, chat
     return results
 
 
+def mean_tokens_per_s(results: dict[tuple[int, str], list[dict]]) -> dict[tuple[int, str], float]:
+    """alternating()'s results as each (clients, server name)'s mean tokens/s over the rounds."""
+    return {key: sum(x["tokens_per_s"] for x in runs) / len(runs) for key, runs in results.items()}
+
+
 def workload(model: str, root: Path, requests: int) -> tuple[str, bool, list[str], int]:
     """(what to serve, chat requests or not, prompts, requests per client) for `model`: "char"
     trains a char model under `root`, which answers in milliseconds, so it gets ten times the
